@@ -1,0 +1,25 @@
+"""Everything that touches the outside world: tools (and, later, model calls).
+
+Write a tool::
+
+    from activities import tool
+
+    @tool
+    def word_count(text: str) -> int:
+        \"\"\"Count the words in a text.\"\"\"
+        return len(text.split())
+"""
+
+from activities.context import ToolContext, ToolError, tool_context
+from activities.registry import ToolDefinition, all_tools, get_tool, load_tool_modules, tool
+
+__all__ = [
+    "ToolContext",
+    "ToolDefinition",
+    "ToolError",
+    "all_tools",
+    "get_tool",
+    "load_tool_modules",
+    "tool",
+    "tool_context",
+]

@@ -1,0 +1,163 @@
+"""The tool registry: `@tool` turns a typed Python function into a tool.
+
+A tool's argument schema comes from its type hints (a pydantic model built
+from the signature), its description from its docstring. Each registered tool
+becomes its own Temporal activity type (see `activities.tool_activities`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from workflows.templates import is_templated
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TOOL_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+
+class ToolRegistrationError(ValueError):
+    """A function that cannot be a tool (bad name, duplicate name, *args)."""
+
+
+@dataclass(frozen=True)
+class ToolDefinition:
+    """A registered tool."""
+
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    is_async: bool
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of the arguments (what a model is shown, too)."""
+        return self.args_model.model_json_schema()
+
+    def validate_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Validated keyword arguments for the function.
+
+        Raises:
+            pydantic.ValidationError: arguments that fail the schema (unknown ones too).
+        """
+        model = self.args_model.model_validate(args)
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def check_static_args(self, args: dict[str, Any]) -> list[tuple[str, str]]:
+        """Schema errors of arguments written in a pipeline file, as (field, message).
+
+        Values holding `{{ ... }}` are known only at run time, so errors about
+        them are left for the activity to find.
+        """
+        try:
+            self.args_model.model_validate(args)
+        except ValidationError as err:
+            problems = []
+            for error in err.errors():
+                loc = [str(part) for part in error["loc"]]
+                if loc and loc[0] in args and is_templated(args[loc[0]]):
+                    continue
+                problems.append((".".join(loc) or "args", error["msg"]))
+            return problems
+        return []
+
+
+_REGISTRY: dict[str, ToolDefinition] = {}
+
+
+def _args_model(name: str, fn: Callable[..., Any]) -> type[BaseModel]:
+    hints = get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolRegistrationError(f"tool {name!r}: *args and **kwargs cannot be described")
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, default)
+    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model
+
+
+@overload
+def tool(fn: F, /) -> F: ...
+@overload
+def tool(*, name: str | None = None, description: str | None = None) -> Callable[[F], F]: ...
+
+
+def tool(
+    fn: F | None = None, /, *, name: str | None = None, description: str | None = None
+) -> F | Callable[[F], F]:
+    """Register a function as a tool. Use as `@tool` or `@tool(name=..., description=...)`.
+
+    The function stays callable as before. Sync functions run in the worker's
+    thread pool, async ones on its event loop.
+    """
+
+    def register(func: F) -> F:
+        tool_name = name or func.__name__
+        if not re.match(TOOL_NAME_PATTERN, tool_name):
+            raise ToolRegistrationError(
+                f"tool name {tool_name!r} must be lowercase snake_case (it names an activity type)"
+            )
+        existing = _REGISTRY.get(tool_name)
+        if existing is not None and existing.fn is not func:
+            same_place = (existing.fn.__module__, existing.fn.__qualname__) == (
+                func.__module__,
+                func.__qualname__,
+            )
+            if not same_place:  # re-importing a module is fine; two tools of one name are not
+                raise ToolRegistrationError(
+                    f"tool {tool_name!r} is registered twice: by {existing.fn.__module__} "
+                    f"and by {func.__module__}"
+                )
+        doc = description or inspect.getdoc(func) or ""
+        _REGISTRY[tool_name] = ToolDefinition(
+            name=tool_name,
+            description=doc.strip(),
+            fn=func,
+            args_model=_args_model(tool_name, func),
+            is_async=inspect.iscoroutinefunction(func),
+        )
+        return func
+
+    if fn is not None:
+        return register(fn)
+    return register
+
+
+def get_tool(name: str) -> ToolDefinition | None:
+    return _REGISTRY.get(name)
+
+
+def all_tools() -> list[ToolDefinition]:
+    """Every registered tool, sorted by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def load_tool_modules(modules: Iterable[str] = ()) -> list[ToolDefinition]:
+    """Import the built-in tools and the given modules (which register theirs on import).
+
+    Raises:
+        ImportError: a module that cannot be imported, with the name as written.
+    """
+    importlib.import_module("activities.builtin")
+    for module in modules:
+        module = module.strip()
+        if not module:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(
+                f"cannot import tool module {module!r} (from STEPFLOW_TOOL_MODULES): {err}"
+            ) from err
+    return all_tools()

@@ -1,0 +1,291 @@
+"""The durable contracts: the pipeline spec, step records, and activity inputs and outputs.
+
+Workflows, activities and the client all import this module, and so do
+payloads stored in Temporal's history. It does no I/O and imports cleanly
+inside the workflow sandbox. Once a model has shipped, only add optional
+fields: running workflows replay against these shapes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workflows.durations import PositiveDuration
+
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+DEFAULT_START_TO_CLOSE = timedelta(minutes=5)
+"""Applies when neither the step nor the pipeline sets a start-to-close or schedule-to-close."""
+
+
+class SpecModel(BaseModel):
+    """Base of everything a user writes: unknown keys (typos) are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrySpec(SpecModel):
+    """How Temporal retries a step's activity.
+
+    A field left out (None) is inherited: from the pipeline's `defaults`, then
+    from the built-in default named in its description. None rather than the
+    default itself, so that a step setting only `max_attempts` still gets the
+    pipeline's intervals, also after the spec has travelled through history.
+    """
+
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="Attempts in all, the first included (default 3)."
+    )
+    initial_interval: PositiveDuration | None = Field(
+        default=None, description="Wait before the first retry (default 1s)."
+    )
+    backoff_coefficient: float | None = Field(
+        default=None, ge=1.0, description="Each retry waits this many times longer (default 2)."
+    )
+    max_interval: PositiveDuration | None = Field(
+        default=None, description="Longest wait between retries (default 100 x initial)."
+    )
+    non_retryable_errors: list[str] | None = Field(
+        default=None,
+        description="Error type names (exception class names) that fail the step at once.",
+    )
+
+
+BUILTIN_RETRY = RetrySpec(
+    max_attempts=3,
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    non_retryable_errors=[],
+)
+
+
+class TimeoutSpec(SpecModel):
+    """Temporal's activity timeouts; a field left out (None) is inherited from the defaults."""
+
+    start_to_close: PositiveDuration | None = Field(
+        default=None, description="Longest a single attempt may run."
+    )
+    schedule_to_close: PositiveDuration | None = Field(
+        default=None, description="Longest the step may take, all retries included."
+    )
+    heartbeat: PositiveDuration | None = Field(
+        default=None, description="An attempt that does not heartbeat this often is retried."
+    )
+
+
+class Fallback(SpecModel):
+    """`on_failure: {fallback: VALUE}`: the step's output becomes VALUE and dependents run."""
+
+    fallback: Any
+
+
+OnFailure = Literal["fail", "continue"] | Fallback
+"""`fail` ends the pipeline, `continue` skips the step's dependents, a fallback stands in."""
+
+
+class StepDefaults(SpecModel):
+    """Pipeline-wide retry and timeout settings; a step overrides them field by field."""
+
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    timeout: TimeoutSpec = Field(default_factory=TimeoutSpec)
+
+
+InputType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
+
+
+class InputSpec(SpecModel):
+    """A pipeline input. Without a `default` it is required."""
+
+    type: InputType = "string"
+    default: Any = None
+    description: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return "default" not in self.model_fields_set
+
+
+class StepBase(SpecModel):
+    """What every kind of step has."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN, description="Unique within the pipeline.")
+    description: str | None = None
+    depends_on: list[str] = Field(
+        default_factory=list, description="Steps that must succeed before this one starts."
+    )
+    retry: RetrySpec | None = None
+    timeout: TimeoutSpec | None = None
+    on_failure: OnFailure = "fail"
+
+
+class ToolStep(StepBase):
+    """Calls one registered tool as one Temporal activity."""
+
+    kind: Literal["tool"]
+    tool: str = Field(description="Name of a registered tool.")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments; strings may hold {{ inputs.X }} or {{ steps.ID.output }}.",
+    )
+
+
+Step = Annotated[ToolStep, Field(discriminator="kind")]
+
+
+class PipelineSpec(SpecModel):
+    """A pipeline: a DAG of steps, written in YAML or built in Python."""
+
+    name: str = Field(pattern=PIPELINE_NAME_PATTERN, description="Lowercase; starts run ids.")
+    description: str | None = None
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=10, ge=1, le=1000)
+    defaults: StepDefaults = Field(default_factory=StepDefaults)
+    steps: list[Step] = Field(min_length=1)
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def _layered(*layers: BaseModel | None) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is not None:
+            merged.update(
+                {k: getattr(layer, k) for k in type(layer).model_fields if getattr(layer, k) is not None}
+            )
+    return merged
+
+
+def effective_retry(step: StepBase, defaults: StepDefaults) -> RetrySpec:
+    """The step's retry settings over the pipeline's over the built-in ones, field by field."""
+    return RetrySpec.model_validate(_layered(BUILTIN_RETRY, defaults.retry, step.retry))
+
+
+def effective_timeout(step: StepBase, defaults: StepDefaults) -> TimeoutSpec:
+    """The step's timeouts over the pipeline's, with a 5 minute start-to-close if none is set."""
+    result = TimeoutSpec.model_validate(_layered(defaults.timeout, step.timeout))
+    if result.start_to_close is None and result.schedule_to_close is None:
+        result.start_to_close = DEFAULT_START_TO_CLOSE
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Run-time records
+
+
+class StepStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    WAITING = "WAITING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    SKIPPED = "SKIPPED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def unsuccessful(self) -> bool:
+        """Finished without an output its dependents could use."""
+        return self in _FINISHED and self is not StepStatus.SUCCEEDED
+
+
+_FINISHED = frozenset(
+    {
+        StepStatus.SUCCEEDED,
+        StepStatus.FAILED,
+        StepStatus.TIMED_OUT,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+    }
+)
+
+
+class StepRecord(BaseModel):
+    """What happened to one step."""
+
+    id: str
+    kind: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    reason: str | None = Field(default=None, description="Why the step was skipped or cancelled.")
+    used_fallback: bool = False
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+
+class PipelineStatus(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class PipelineInput(BaseModel):
+    """What a pipeline run starts with: the spec itself and the values of its inputs."""
+
+    spec: PipelineSpec
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineResult(BaseModel):
+    """The outcome of a run: every step's record, in spec order."""
+
+    pipeline: str
+    status: PipelineStatus
+    steps: list[StepRecord]
+    error: str | None = Field(default=None, description="Why the pipeline failed.")
+    started_at: datetime
+    ended_at: datetime
+
+    def step(self, step_id: str) -> StepRecord:
+        for record in self.steps:
+            if record.id == step_id:
+                return record
+        raise KeyError(step_id)
+
+    def output(self, step_id: str) -> Any:
+        """The output of a step (None if it produced none)."""
+        return self.step(step_id).output
+
+
+# ---------------------------------------------------------------------------
+# Activity contracts
+
+
+class ToolCallInput(BaseModel):
+    """One call of a tool activity. The key is the same on every retry of the call."""
+
+    step_id: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+
+
+class ToolCallOutput(BaseModel):
+    output: Any = None
+    attempt: int = Field(description="The attempt that produced this output (1 = first).")
+
+
+def tool_activity_name(tool: str) -> str:
+    """Each tool is its own activity type, so the Web UI and metrics name the tool."""
+    return f"tool_{tool}"

@@ -1,0 +1,184 @@
+"""Checks of a pipeline that need no tool registry: ids, dependencies, cycles, references, inputs.
+
+The client runs these (plus the tool checks in `client.loading`) before
+anything starts; the workflow runs them again on its input, so a run started
+some other way (a script, the `temporal` CLI) fails at once instead of
+half-way. Pure functions: imported in the workflow sandbox.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from workflows.models import InputType, PipelineSpec
+from workflows.templates import TemplateError, iter_references
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One thing wrong with a pipeline, located by step and field."""
+
+    message: str
+    step: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.step is not None:
+            where.append(f"step {self.step!r}")
+        if self.field:
+            where.append(self.field)
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+
+class SpecError(ValueError):
+    """A pipeline (or its inputs) that cannot run. Lists every issue found, not just the first."""
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a path that returns to its start (`a -> b -> a`), or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = fully explored
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in graph.get(node, []):
+            if dep not in graph:
+                continue
+            if state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
+    """Duplicate ids, unknown or self dependencies, cycles, and references to undeclared things."""
+    issues: list[SpecIssue] = []
+    seen: set[str] = set()
+    for step in spec.steps:
+        if step.id in seen:
+            issues.append(SpecIssue("duplicate step id", step.id, "id"))
+        seen.add(step.id)
+
+    for step in spec.steps:
+        for dep in step.depends_on:
+            if dep == step.id:
+                issues.append(SpecIssue("a step cannot depend on itself", step.id, "depends_on"))
+            elif dep not in seen:
+                hint = _did_you_mean(dep, seen)
+                issues.append(SpecIssue(f"unknown step {dep!r}{hint}", step.id, "depends_on"))
+        for key, value in step.args.items():
+            issues.extend(_reference_issues(spec, step.id, step.depends_on, f"args.{key}", value))
+
+    graph = {step.id: [d for d in step.depends_on if d != step.id] for step in spec.steps}
+    cycle = find_cycle(graph)
+    if cycle:
+        issues.append(SpecIssue("dependency cycle: " + " -> ".join(cycle), cycle[0], "depends_on"))
+    return issues
+
+
+def _reference_issues(
+    spec: PipelineSpec, step_id: str, depends_on: list[str], field: str, value: Any
+) -> list[SpecIssue]:
+    issues = []
+    try:
+        references = list(iter_references(value))
+    except TemplateError as err:
+        return [SpecIssue(str(err), step_id, field)]
+    for ref in references:
+        if ref.root == "inputs" and ref.name not in spec.inputs:
+            hint = _did_you_mean(ref.name, spec.inputs)
+            issues.append(
+                SpecIssue(f"{{{{ {ref.text} }}}} names no declared input{hint}", step_id, field)
+            )
+        elif ref.root == "steps" and ref.name not in depends_on:
+            issues.append(
+                SpecIssue(
+                    f"{{{{ {ref.text} }}}} uses step {ref.name!r}, which is not in depends_on: "
+                    "a step sees only the outputs of the steps it depends on",
+                    step_id,
+                    field,
+                )
+            )
+    return issues
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_INPUT_TYPES: dict[InputType, TypeAdapter[Any]] = {
+    "string": TypeAdapter(str),
+    "integer": TypeAdapter(int),
+    "number": TypeAdapter(float),
+    "boolean": TypeAdapter(bool),
+    "object": TypeAdapter(dict[str, Any]),
+    "array": TypeAdapter(list[Any]),
+    "any": TypeAdapter(Any),
+}
+
+
+def resolve_inputs(spec: PipelineSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """The run's input values: given ones checked against their declared types, defaults filled in.
+
+    Raises:
+        SpecError: an unknown input, a missing required one, or a value of the wrong type.
+    """
+    issues = []
+    resolved: dict[str, Any] = {}
+    for name in given:
+        if name not in spec.inputs:
+            hint = _did_you_mean(name, spec.inputs)
+            issues.append(SpecIssue(f"unknown input {name!r}{hint}", field=f"inputs.{name}"))
+    for name, decl in spec.inputs.items():
+        if name not in given:
+            if decl.required:
+                issues.append(SpecIssue("required input is missing", field=f"inputs.{name}"))
+            else:
+                resolved[name] = decl.default
+            continue
+        try:
+            resolved[name] = _INPUT_TYPES[decl.type].validate_python(given[name])
+        except ValidationError as err:
+            message = err.errors()[0]["msg"]
+            issues.append(
+                SpecIssue(f"expected {decl.type}: {message}", field=f"inputs.{name}")
+            )
+    if issues:
+        raise SpecError(issues)
+    return resolved
+
+
+def check_pipeline(spec: PipelineSpec, given_inputs: dict[str, Any]) -> dict[str, Any]:
+    """Everything that can be checked without the tool registry; returns the resolved inputs."""
+    issues = structural_issues(spec)
+    try:
+        inputs = resolve_inputs(spec, given_inputs)
+    except SpecError as err:
+        issues.extend(err.issues)
+        inputs = {}
+    if issues:
+        raise SpecError(issues)
+    return inputs
