@@ -86,7 +86,7 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
             if dep == step.id:
                 issues.append(SpecIssue("a step cannot depend on itself", step.id, "depends_on"))
             elif dep not in seen:
-                hint = _did_you_mean(dep, seen)
+                hint = did_you_mean(dep, seen)
                 issues.append(SpecIssue(f"unknown step {dep!r}{hint}", step.id, "depends_on"))
         for key, value in step.args.items():
             issues.extend(_reference_issues(spec, step.id, step.depends_on, f"args.{key}", value))
@@ -108,7 +108,7 @@ def _reference_issues(
         return [SpecIssue(str(err), step_id, field)]
     for ref in references:
         if ref.root == "inputs" and ref.name not in spec.inputs:
-            hint = _did_you_mean(ref.name, spec.inputs)
+            hint = did_you_mean(ref.name, spec.inputs)
             issues.append(
                 SpecIssue(f"{{{{ {ref.text} }}}} names no declared input{hint}", step_id, field)
             )
@@ -124,7 +124,7 @@ def _reference_issues(
     return issues
 
 
-def _did_you_mean(name: str, known: Any) -> str:
+def did_you_mean(name: str, known: Any) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -150,7 +150,7 @@ def resolve_inputs(spec: PipelineSpec, given: dict[str, Any]) -> dict[str, Any]:
     resolved: dict[str, Any] = {}
     for name in given:
         if name not in spec.inputs:
-            hint = _did_you_mean(name, spec.inputs)
+            hint = did_you_mean(name, spec.inputs)
             issues.append(SpecIssue(f"unknown input {name!r}{hint}", field=f"inputs.{name}"))
     for name, decl in spec.inputs.items():
         if name not in given:

@@ -1,0 +1,44 @@
+# Two commands: `make demo` and `make test`. Everything else is set up by them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck pytest stop bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: start the dev server (Web UI on :8233) and a worker, run the example pipeline
+demo: $(STAMP)
+	$(BIN)/stepflow dev start
+	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"
+	@echo "The server keeps running so the link works; 'make stop' stops it."
+
+## stop: stop the background worker and dev server that `make demo` started
+stop:
+	@if [ -x $(BIN)/stepflow ]; then $(BIN)/stepflow dev stop; else echo "nothing to stop"; fi
+
+## test: lint, type-check and run the whole suite against a real Temporal dev server
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# tests/run.py exits with pytest's own status, never the SDK's exit-134 abort at shutdown.
+pytest: $(STAMP)
+	$(BIN)/python tests/run.py
+
+## bench: the side-by-side measurements (not part of `make test`)
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean: stop
+	rm -rf $(VENV) .stepflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,206 @@
+"""The `stepflow` command.
+
+    stepflow validate FILE
+    stepflow run FILE [--input NAME=VALUE ...] [--id ID] [--no-wait] [--json]
+    stepflow result ID [--json]
+    stepflow tools [--json]
+    stepflow dev start | stop | status
+
+Exit codes: 0 succeeded, 1 the pipeline failed, 2 bad input or usage (and
+anything else that kept the command from doing its job, with one clear line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.console import Console
+
+from activities.registry import all_tools, load_tool_modules
+from client.api import PipelineError, RunNotFound, StepflowClient
+from client.loading import check_spec, load_spec_file
+from client.render import print_result
+from runtime import devserver
+from runtime.connection import ConnectionFailed
+from runtime.settings import get_settings
+from workflows.models import PipelineResult, PipelineSpec, PipelineStatus
+from workflows.validation import SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit code 2."""
+
+
+def parse_inputs(spec: PipelineSpec, pairs: list[str]) -> dict[str, Any]:
+    """`NAME=VALUE` pairs; VALUE is read as JSON where the input's type is not a string."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--input {pair!r}: write NAME=VALUE")
+        decl = spec.inputs.get(name)
+        value: Any = text
+        if decl is not None and decl.type not in ("string",):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text  # let the type check say what is wrong
+        values[name] = value
+    return values
+
+
+def _result_exit(result: PipelineResult) -> int:
+    return EXIT_OK if result.status is PipelineStatus.SUCCEEDED else EXIT_FAILED
+
+
+def _show(result: PipelineResult, as_json: bool) -> int:
+    if as_json:
+        out.print_json(result.model_dump_json())
+    else:
+        print_result(out, result)
+    return _result_exit(result)
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    spec = load_spec_file(args.file)
+    check_spec(spec)
+    out.print(f"{args.file}: pipeline {spec.name!r} is valid ({len(spec.steps)} steps)")
+    return EXIT_OK
+
+
+async def _wait_for_result(client: StepflowClient, workflow_id: str, run_id: str | None) -> PipelineResult:
+    if not err.is_terminal:
+        return await client.get_result(workflow_id, run_id)
+    with err.status(f"waiting for {workflow_id} (Ctrl-C stops waiting; the run goes on)"):
+        return await client.get_result(workflow_id, run_id)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec_file(args.file)
+    inputs = parse_inputs(spec, args.input)
+    client = await StepflowClient.connect()
+    run = await client.start_pipeline(spec, inputs, workflow_id=args.id)
+    err.print(f"started {run.workflow_id}")
+    err.print(f"Web UI: {run.ui_url}")
+    if args.no_wait:
+        if args.json:
+            out.print_json(data={"workflow_id": run.workflow_id, "run_id": run.run_id, "ui_url": run.ui_url})
+        return EXIT_OK
+    result = await _wait_for_result(client, run.workflow_id, run.run_id)
+    return _show(result, args.json)
+
+
+async def cmd_result(args: argparse.Namespace) -> int:
+    client = await StepflowClient.connect()
+    result = await _wait_for_result(client, args.workflow_id, None)
+    code = _show(result, args.json)
+    if not args.json:
+        err.print(f"Web UI: {client.ui_url(args.workflow_id)}")
+    return code
+
+
+async def cmd_tools(args: argparse.Namespace) -> int:
+    tools = load_tool_modules(get_settings().tool_modules)
+    if args.json:
+        out.print_json(
+            data=[{"name": t.name, "description": t.description, "parameters": t.json_schema()} for t in tools]
+        )
+        return EXIT_OK
+    for definition in tools:
+        first_line = definition.description.splitlines()[0] if definition.description else ""
+        out.print(f"[bold]{definition.name}[/bold]  {first_line}")
+    return EXIT_OK
+
+
+async def cmd_dev(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.action == "start":
+        started = devserver.ensure_dev_server(settings)
+        err.print(
+            ("started" if started else "reusing") + f" the Temporal server on localhost:{devserver.GRPC_PORT}"
+            f" (Web UI {settings.ui_url})"
+        )
+        started = devserver.ensure_background_worker(settings)
+        err.print(("started" if started else "reusing") + f" the worker (log: {settings.home / 'worker.log'})")
+    elif args.action == "stop":
+        for line in devserver.stop_all(settings):
+            err.print(line)
+    else:
+        for line in devserver.status(settings):
+            out.print(line)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stepflow",
+        description="Durable LLM-agent pipelines on Temporal.",
+        epilog="Exit codes: 0 succeeded, 1 the pipeline failed, 2 bad input or usage.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a pipeline file without running it")
+    p.add_argument("file")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("run", help="start a pipeline and (by default) wait for its result")
+    p.add_argument("file")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE",
+                   help="a pipeline input; repeat for more (JSON for non-string inputs)")
+    p.add_argument("--id", help="workflow id (default: <pipeline-name>-<short-uuid>)")
+    p.add_argument("--no-wait", action="store_true", help="print the run's id and return")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("result", help="wait for a run's result and print it")
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_result)
+
+    p = sub.add_parser("tools", help="list the registered tools")
+    p.add_argument("--json", action="store_true", help="with their argument schemas")
+    p.set_defaults(handler=cmd_tools)
+
+    p = sub.add_parser("dev", help="the embedded dev server and a background worker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(handler=cmd_dev)
+    return parser
+
+
+def _one_line_errors(handler: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(handler(args))
+    except SpecError as error:
+        where = getattr(args, "file", None)
+        for issue in error.issues:
+            err.print(f"{where}: {issue}" if where else str(issue), markup=False, highlight=False)
+        return EXIT_USAGE
+    except (UsageError, RunNotFound, ConnectionFailed, devserver.DevServerError, ImportError) as error:
+        err.print(f"stepflow: {error}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except PipelineError as error:
+        err.print(f"stepflow: {error}", markup=False, highlight=False)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("stopped waiting; the run goes on (stepflow result ID waits again)")
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _one_line_errors(args.handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

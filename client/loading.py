@@ -1,0 +1,117 @@
+"""Reading a pipeline file and checking it completely before anything starts.
+
+Adds to `workflows.validation` what needs this process's tool registry:
+unknown tools and arguments that fail a tool's schema. Every problem comes
+back as a `SpecIssue` naming the step and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from activities.registry import all_tools, get_tool, load_tool_modules
+from runtime.settings import get_settings
+from workflows.models import PipelineSpec, ToolStep
+from workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
+
+
+def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIssue]:
+    """pydantic's errors, located by step id (not list index) and dotted field."""
+    issues = []
+    for error in err.errors():
+        loc = list(error["loc"])
+        step = None
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            index = loc[1]
+            step = f"#{index + 1}"
+            raw_steps = raw.get("steps") if isinstance(raw, dict) else None
+            if isinstance(raw_steps, list) and index < len(raw_steps):
+                raw_step = raw_steps[index]
+                if isinstance(raw_step, dict) and isinstance(raw_step.get("id"), str):
+                    step = raw_step["id"]
+                    # pydantic puts the discriminator's value into the path; a reader does not.
+                    if len(loc) > 2 and loc[2] == raw_step.get("kind"):
+                        del loc[2]
+            loc = loc[2:]
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (a typo?)"
+        field = ".".join(str(part) for part in loc)
+        issues.append(SpecIssue(message, step, field or None))
+    return issues
+
+
+def parse_spec(raw: Any) -> PipelineSpec:
+    """A `PipelineSpec` from parsed YAML/JSON data.
+
+    Raises:
+        SpecError: every schema problem, located by step and field.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError([SpecIssue("a pipeline file must be a mapping with `name` and `steps`")])
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(issues_from_validation_error(err, raw)) from None
+
+
+def load_spec_file(path: str | Path) -> PipelineSpec:
+    """Read and parse a YAML (or JSON) pipeline file.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or does not describe a pipeline.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError([SpecIssue(f"cannot read {path}: {err.strerror}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError([SpecIssue(f"{path} is not valid YAML{where}: {problem}")]) from None
+    return parse_spec(raw)
+
+
+def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
+    """Unknown tools and literal arguments that fail the tool's schema."""
+    load_tool_modules(get_settings().tool_modules)
+    issues = []
+    for step in spec.steps:
+        if not isinstance(step, ToolStep):
+            continue
+        definition = get_tool(step.tool)
+        if definition is None:
+            hint = did_you_mean(step.tool, [t.name for t in all_tools()])
+            issues.append(
+                SpecIssue(
+                    f"unknown tool {step.tool!r}{hint}; `stepflow tools` lists them, "
+                    "STEPFLOW_TOOL_MODULES adds yours",
+                    step.id,
+                    "tool",
+                )
+            )
+            continue
+        for field, message in definition.check_static_args(step.args):
+            issues.append(SpecIssue(message, step.id, f"args.{field}"))
+    return issues
+
+
+def check_spec(spec: PipelineSpec) -> None:
+    """Everything checkable before inputs are known.
+
+    Raises:
+        SpecError: listing every issue.
+    """
+    issues = structural_issues(spec) + tool_issues(spec)
+    if issues:
+        raise SpecError(issues)

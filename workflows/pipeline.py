@@ -1,0 +1,271 @@
+"""`PipelineWorkflow`: runs a pipeline's DAG, each tool step as one activity.
+
+Ready-set scheduling: every step whose dependencies have succeeded starts at
+once, up to `max_concurrency`, in the order the spec lists them. The workflow
+keeps one `StepRecord` per step; Temporal keeps the workflow, so a crashed
+worker costs nothing but the attempt that was running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.models import (
+        Fallback,
+        PipelineInput,
+        PipelineResult,
+        PipelineSpec,
+        PipelineStatus,
+        RetrySpec,
+        StepRecord,
+        StepStatus,
+        ToolCallInput,
+        ToolCallOutput,
+        ToolStep,
+        effective_retry,
+        effective_timeout,
+        tool_activity_name,
+    )
+    from workflows.templates import TemplateError, render
+    from workflows.validation import SpecError, check_pipeline
+
+PIPELINE_WORKFLOW = "stepflow_pipeline"
+INVALID_PIPELINE = "InvalidPipeline"
+PIPELINE_FAILED = "PipelineFailed"
+INVALID_REFERENCE = "InvalidReference"
+
+
+class _StepFailed(Exception):
+    """A step's activity failed for good; carries what its record needs."""
+
+    def __init__(self, status: StepStatus, message: str, error_type: str, attempts: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.attempts = attempts
+
+
+def _step_failure(err: ActivityError, retry: RetrySpec) -> _StepFailed:
+    """Read status, message, type and attempt count out of an activity's final failure."""
+    cause = err.cause
+    attempts = 1
+    if isinstance(cause, TimeoutError):
+        kind = cause.type.name.lower().replace("_", "-") if cause.type else "activity"
+        status, message, error_type = StepStatus.TIMED_OUT, f"{kind} timeout", "Timeout"
+    elif isinstance(cause, ApplicationError):
+        status, message, error_type = StepStatus.FAILED, cause.message, cause.type or "Error"
+        details = cause.details
+        if details and isinstance(details[0], dict) and "attempt" in details[0]:
+            attempts = int(details[0]["attempt"])
+    else:
+        status = StepStatus.FAILED
+        message, error_type = str(cause or err), type(cause or err).__name__
+    if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED and retry.max_attempts:
+        attempts = retry.max_attempts
+    return _StepFailed(status, message, error_type, attempts)
+
+
+@workflow.defn(name=PIPELINE_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
+class PipelineWorkflow:
+    """One run of a pipeline. Input `PipelineInput`, result `PipelineResult`.
+
+    A pipeline that fails (a step with `on_failure: fail` failed for good)
+    fails the workflow with an `ApplicationError` of type `PipelineFailed`
+    whose first detail is the `PipelineResult`, so the Web UI shows the run as
+    failed and clients still get every step's record.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, StepRecord] = {}
+        self._spec_steps: dict[str, ToolStep] = {}
+        self._outputs: dict[str, Any] = {}
+        self._fatal: str | None = None
+
+    @workflow.run
+    async def run(self, input: PipelineInput) -> PipelineResult:
+        started_at = workflow.now()
+        spec = input.spec
+        try:
+            inputs = check_pipeline(spec, input.inputs)
+        except SpecError as err:
+            # A user mistake never heals: fail the run now instead of retrying the task.
+            raise ApplicationError(
+                f"invalid pipeline {spec.name!r}:\n{err}", type=INVALID_PIPELINE, non_retryable=True
+            ) from None
+
+        self._records = {s.id: StepRecord(id=s.id, kind=s.kind) for s in spec.steps}
+        self._spec_steps = {s.id: s for s in spec.steps}
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                self._skip_unreachable()
+                if self._fatal is None:
+                    for step in self._ready(spec, running):
+                        if len(running) >= spec.max_concurrency:
+                            break
+                        self._records[step.id].status = StepStatus.RUNNING
+                        self._records[step.id].started_at = workflow.now()
+                        running[step.id] = asyncio.create_task(self._run_step(spec, step, inputs))
+                if not running:
+                    break
+                done, _ = await workflow.wait(
+                    list(running.values()), return_when=asyncio.FIRST_COMPLETED
+                )
+                for step_id in [sid for sid, task in running.items() if task in done]:
+                    running.pop(step_id).result()
+                if self._fatal is not None:
+                    await self._cancel_all(running, f"pipeline failed at step {self._fatal!r}")
+        except asyncio.CancelledError:
+            await self._cancel_all(running, "pipeline was cancelled")
+            raise
+
+        result = self._result(spec, started_at)
+        if result.status is PipelineStatus.FAILED:
+            raise ApplicationError(
+                result.error or "pipeline failed",
+                result.model_dump(mode="json"),
+                type=PIPELINE_FAILED,
+                non_retryable=True,
+            )
+        return result
+
+    def _ready(self, spec: PipelineSpec, running: dict[str, Any]) -> list[ToolStep]:
+        return [
+            step
+            for step in spec.steps
+            if self._records[step.id].status is StepStatus.PENDING
+            and all(self._records[d].status is StepStatus.SUCCEEDED for d in step.depends_on)
+        ]
+
+    def _skip_unreachable(self) -> None:
+        """Mark SKIPPED every pending step with a dependency that will never succeed."""
+        changed = True
+        while changed:
+            changed = False
+            for record in self._records.values():
+                if record.status is not StepStatus.PENDING:
+                    continue
+                reason = self._fatal_reason() if self._fatal is not None else None
+                if reason is None:
+                    reason = self._blocked_by(record.id)
+                if reason is not None:
+                    record.status = StepStatus.SKIPPED
+                    record.reason = reason
+                    changed = True
+
+    def _fatal_reason(self) -> str:
+        return f"pipeline failed at step {self._fatal!r}"
+
+    def _blocked_by(self, step_id: str) -> str | None:
+        spec_step = self._spec_steps[step_id]
+        for dep in spec_step.depends_on:
+            status = self._records[dep].status
+            if status.unsuccessful:
+                return f"dependency {dep!r} {status.value.lower().replace('_', ' ')}"
+        return None
+
+    async def _cancel_all(self, running: dict[str, asyncio.Task[None]], reason: str) -> None:
+        for task in running.values():
+            task.cancel()
+        for step_id, task in list(running.items()):
+            try:
+                await task
+            except asyncio.CancelledError:
+                record = self._records[step_id]
+                record.status = StepStatus.CANCELLED
+                record.reason = reason
+                record.ended_at = workflow.now()
+        running.clear()
+        self._skip_unreachable()
+        for record in self._records.values():
+            if record.status is StepStatus.PENDING:
+                record.status = StepStatus.SKIPPED
+                record.reason = reason
+
+    async def _run_step(self, spec: PipelineSpec, step: ToolStep, inputs: dict[str, Any]) -> None:
+        record = self._records[step.id]
+        retry = effective_retry(step, spec.defaults)
+        try:
+            output = await self._call_tool(spec, step, inputs, retry)
+        except _StepFailed as failed:
+            record.status = failed.status
+            record.error = failed.message
+            record.error_type = failed.error_type
+            record.attempts = failed.attempts
+            record.ended_at = workflow.now()
+            self._apply_on_failure(step, record)
+            return
+        record.status = StepStatus.SUCCEEDED
+        record.output = output.output
+        record.attempts = output.attempt
+        record.ended_at = workflow.now()
+        self._outputs[step.id] = output.output
+
+    async def _call_tool(
+        self, spec: PipelineSpec, step: ToolStep, inputs: dict[str, Any], retry: RetrySpec
+    ) -> ToolCallOutput:
+        try:
+            args = render(step.args, inputs, {d: self._outputs[d] for d in step.depends_on})
+        except TemplateError as err:
+            raise _StepFailed(StepStatus.FAILED, str(err), INVALID_REFERENCE, 0) from None
+        timeout = effective_timeout(step, spec.defaults)
+        info = workflow.info()
+        try:
+            return await workflow.execute_activity(
+                tool_activity_name(step.tool),
+                ToolCallInput(
+                    step_id=step.id,
+                    tool=step.tool,
+                    args=args,
+                    # The same on every retry, and across continue-as-new.
+                    idempotency_key=f"{info.workflow_id}/{info.first_execution_run_id}/{step.id}",
+                ),
+                result_type=ToolCallOutput,
+                start_to_close_timeout=timeout.start_to_close,
+                schedule_to_close_timeout=timeout.schedule_to_close,
+                heartbeat_timeout=timeout.heartbeat,
+                retry_policy=RetryPolicy(
+                    initial_interval=retry.initial_interval or timedelta(seconds=1),
+                    backoff_coefficient=retry.backoff_coefficient or 2.0,
+                    maximum_interval=retry.max_interval,
+                    maximum_attempts=retry.max_attempts or 0,
+                    non_retryable_error_types=retry.non_retryable_errors or None,
+                ),
+                summary=f"{step.id} · tool {step.tool}",
+            )
+        except ActivityError as err:
+            raise _step_failure(err, retry) from None
+
+    def _apply_on_failure(self, step: ToolStep, record: StepRecord) -> None:
+        policy = step.on_failure
+        if isinstance(policy, Fallback):
+            record.status = StepStatus.SUCCEEDED
+            record.used_fallback = True
+            record.output = policy.fallback
+            self._outputs[step.id] = policy.fallback
+        elif policy == "fail" and self._fatal is None:
+            self._fatal = step.id
+        # "continue": the record stays failed; _skip_unreachable skips its dependents.
+
+    def _result(self, spec: PipelineSpec, started_at: Any) -> PipelineResult:
+        error = None
+        if self._fatal is not None:
+            failed = self._records[self._fatal]
+            error = f"step {failed.id!r} failed: {failed.error}"
+        return PipelineResult(
+            pipeline=spec.name,
+            status=PipelineStatus.FAILED if self._fatal else PipelineStatus.SUCCEEDED,
+            steps=[self._records[s.id] for s in spec.steps],
+            error=error,
+            started_at=started_at,
+            ended_at=workflow.now(),
+        )
