@@ -73,7 +73,7 @@ _REGISTRY: dict[str, ToolDefinition] = {}
 
 
 def _args_model(name: str, fn: Callable[..., Any]) -> type[BaseModel]:
-    hints = get_type_hints(fn)
+    hints = get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
