@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## demo: start the dev server (Web UI on :8233) and a worker, run the example pipeline
+demo: export STEPFLOW_TOOL_MODULES ?= examples.tools
 demo: $(STAMP)
 	$(BIN)/stepflow dev start
 	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints, overload
@@ -81,7 +83,7 @@ def _args_model(name: str, fn: Callable[..., Any]) -> type[BaseModel]:
         annotation = hints.get(param.name, Any)
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (annotation, default)
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    model: type[BaseModel] = create_model(
         f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
     )
     return model
@@ -150,6 +152,10 @@ def load_tool_modules(modules: Iterable[str] = ()) -> list[ToolDefinition]:
         ImportError: a module that cannot be imported, with the name as written.
     """
     importlib.import_module("activities.builtin")
+    # Like `python -m`: modules in the current directory are importable, also from the
+    # `stepflow` console script (whose sys.path starts at the venv's bin directory).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in modules:
         module = module.strip()
         if not module:
