@@ -53,7 +53,7 @@ def _start(defn: ToolDefinition, call: ToolCallInput) -> tuple[dict[str, Any], A
             tool=defn.name,
             idempotency_key=call.idempotency_key,
             attempt=info.attempt,
-            workflow_id=info.workflow_id,
+            workflow_id=info.workflow_id or "",
             heartbeat_details=tuple(info.heartbeat_details),
         )
     )

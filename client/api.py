@@ -1,8 +1,8 @@
 """The Python API for scripts: start pipelines and read their results.
 
-    client = await StepflowClient.connect()
-    run = await client.start_pipeline("examples/hello.yaml", {"topic": "durable agents"})
-    result = await client.get_result(run.workflow_id)
+client = await StepflowClient.connect()
+run = await client.start_pipeline("examples/hello.yaml", {"topic": "durable agents"})
+result = await client.get_result(run.workflow_id)
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ class StepflowClient:
             RunNotFound: no such run.
             PipelineError: the run ended without a result (invalid spec, cancelled, ...).
         """
-        handle = self.temporal.get_workflow_handle_for(PipelineWorkflow.run, workflow_id, run_id=run_id)
+        handle = self.temporal.get_workflow_handle_for(
+            PipelineWorkflow.run, workflow_id, run_id=run_id
+        )
         try:
             return await handle.result(follow_runs=True)
         except WorkflowFailureError as err:

@@ -16,12 +16,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
 
-from activities.registry import all_tools, load_tool_modules
+from activities.registry import load_tool_modules
 from client.api import PipelineError, RunNotFound, StepflowClient
 from client.loading import check_spec, load_spec_file
 from client.render import print_result
@@ -78,7 +78,9 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _wait_for_result(client: StepflowClient, workflow_id: str, run_id: str | None) -> PipelineResult:
+async def _wait_for_result(
+    client: StepflowClient, workflow_id: str, run_id: str | None
+) -> PipelineResult:
     if not err.is_terminal:
         return await client.get_result(workflow_id, run_id)
     with err.status(f"waiting for {workflow_id} (Ctrl-C stops waiting; the run goes on)"):
@@ -94,7 +96,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     err.print(f"Web UI: {run.ui_url}")
     if args.no_wait:
         if args.json:
-            out.print_json(data={"workflow_id": run.workflow_id, "run_id": run.run_id, "ui_url": run.ui_url})
+            out.print_json(
+                data={"workflow_id": run.workflow_id, "run_id": run.run_id, "ui_url": run.ui_url}
+            )
         return EXIT_OK
     result = await _wait_for_result(client, run.workflow_id, run.run_id)
     return _show(result, args.json)
@@ -113,7 +117,10 @@ async def cmd_tools(args: argparse.Namespace) -> int:
     tools = load_tool_modules(get_settings().tool_modules)
     if args.json:
         out.print_json(
-            data=[{"name": t.name, "description": t.description, "parameters": t.json_schema()} for t in tools]
+            data=[
+                {"name": t.name, "description": t.description, "parameters": t.json_schema()}
+                for t in tools
+            ]
         )
         return EXIT_OK
     for definition in tools:
@@ -127,11 +134,15 @@ async def cmd_dev(args: argparse.Namespace) -> int:
     if args.action == "start":
         started = devserver.ensure_dev_server(settings)
         err.print(
-            ("started" if started else "reusing") + f" the Temporal server on localhost:{devserver.GRPC_PORT}"
+            ("started" if started else "reusing")
+            + f" the Temporal server on localhost:{devserver.GRPC_PORT}"
             f" (Web UI {settings.ui_url})"
         )
         started = devserver.ensure_background_worker(settings)
-        err.print(("started" if started else "reusing") + f" the worker (log: {settings.home / 'worker.log'})")
+        err.print(
+            ("started" if started else "reusing")
+            + f" the worker (log: {settings.home / 'worker.log'})"
+        )
     elif args.action == "stop":
         for line in devserver.stop_all(settings):
             err.print(line)
@@ -155,8 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start a pipeline and (by default) wait for its result")
     p.add_argument("file")
-    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE",
-                   help="a pipeline input; repeat for more (JSON for non-string inputs)")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline input; repeat for more (JSON for non-string inputs)",
+    )
     p.add_argument("--id", help="workflow id (default: <pipeline-name>-<short-uuid>)")
     p.add_argument("--no-wait", action="store_true", help="print the run's id and return")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -177,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_errors(handler: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+def _one_line_errors(
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
     try:
         return asyncio.run(handler(args))
     except SpecError as error:
@@ -185,7 +204,13 @@ def _one_line_errors(handler: Callable[[argparse.Namespace], Awaitable[int]], ar
         for issue in error.issues:
             err.print(f"{where}: {issue}" if where else str(issue), markup=False, highlight=False)
         return EXIT_USAGE
-    except (UsageError, RunNotFound, ConnectionFailed, devserver.DevServerError, ImportError) as error:
+    except (
+        UsageError,
+        RunNotFound,
+        ConnectionFailed,
+        devserver.DevServerError,
+        ImportError,
+    ) as error:
         err.print(f"stepflow: {error}", markup=False, highlight=False)
         return EXIT_USAGE
     except PipelineError as error:
@@ -203,4 +228,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

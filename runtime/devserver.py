@@ -86,7 +86,9 @@ def _pid_alive(pid_file: Path) -> int | None:
     return pid
 
 
-def _spawn(args: list[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         process = subprocess.Popen(
@@ -107,7 +109,10 @@ def ensure_dev_server(settings: Settings, *, port: int = GRPC_PORT, ui_port: int
         return False
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    args = [temporal_binary(), *dev_server_args(db_file=home / "temporal.db", port=port, ui_port=ui_port)]
+    args = [
+        temporal_binary(),
+        *dev_server_args(db_file=home / "temporal.db", port=port, ui_port=ui_port),
+    ]
     process = _spawn(args, home / "server.log", home / "server.pid")
     deadline = time.monotonic() + 60
     while not is_listening(port):
@@ -126,7 +131,7 @@ WORKER_READY_LINE = "stepflow worker started"
 
 
 def ensure_background_worker(settings: Settings) -> bool:
-    """Start `python worker.py` detached unless one started here is alive. True if it started one."""
+    """Start `python worker.py` detached unless ours is alive. True if it started one."""
     home = settings.home.resolve()
     pid_file = home / "worker.pid"
     if _pid_alive(pid_file):

@@ -35,7 +35,8 @@ def parse_duration(value: Any) -> Any:
             )
         if not text.startswith(("p", "-p")) and not text.replace(".", "", 1).isdigit():
             raise ValueError(
-                f"invalid duration {value!r}: use a number and a unit, e.g. 500ms, 30s, 5m, 2h, 1h30m"
+                f"invalid duration {value!r}: "
+                "use a number and a unit, e.g. 500ms, 30s, 5m, 2h, 1h30m"
             )
     return value
 

@@ -159,7 +159,11 @@ def _layered(*layers: BaseModel | None) -> dict[str, Any]:
     for layer in layers:
         if layer is not None:
             merged.update(
-                {k: getattr(layer, k) for k in type(layer).model_fields if getattr(layer, k) is not None}
+                {
+                    k: getattr(layer, k)
+                    for k in type(layer).model_fields
+                    if getattr(layer, k) is not None
+                }
             )
     return merged
 

@@ -15,7 +15,13 @@ from typing import Any
 import pydantic
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    RetryState,
+    TimeoutError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from workflows.models import (
@@ -243,6 +249,8 @@ class PipelineWorkflow:
                 summary=f"{step.id} · tool {step.tool}",
             )
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError(str(err.cause)) from None  # we cancelled it
             raise _step_failure(err, retry) from None
 
     def _apply_on_failure(self, step: ToolStep, record: StepRecord) -> None:

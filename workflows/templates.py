@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-_REFERENCE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+_REFERENCE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

@@ -163,9 +163,7 @@ def resolve_inputs(spec: PipelineSpec, given: dict[str, Any]) -> dict[str, Any]:
             resolved[name] = _INPUT_TYPES[decl.type].validate_python(given[name])
         except ValidationError as err:
             message = err.errors()[0]["msg"]
-            issues.append(
-                SpecIssue(f"expected {decl.type}: {message}", field=f"inputs.{name}")
-            )
+            issues.append(SpecIssue(f"expected {decl.type}: {message}", field=f"inputs.{name}"))
     if issues:
         raise SpecError(issues)
     return resolved

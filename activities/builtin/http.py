@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
-
 import httpx
+from pydantic import Field
 
 from activities.context import ToolError
 from activities.registry import tool

@@ -9,7 +9,9 @@ from workflows.models import PipelineSpec
 
 def pipeline(*steps: dict[str, Any], **fields: Any) -> PipelineSpec:
     """A spec from step dicts: `pipeline(step("a", "echo"), max_concurrency=2)`."""
-    return PipelineSpec.model_validate({"name": fields.pop("name", "test"), "steps": list(steps), **fields})
+    return PipelineSpec.model_validate(
+        {"name": fields.pop("name", "test"), "steps": list(steps), **fields}
+    )
 
 
 def step(step_id: str, tool: str, **fields: Any) -> dict[str, Any]:

@@ -55,13 +55,15 @@ def record_sync(journal: str, value: Any = None) -> Any:
 
 
 @tool
-async def rendezvous(journal: str, group: str, expect: int, timeout: float = 20.0) -> int:
+async def rendezvous(journal: str, group: str, expect: int, wait_seconds: float = 20.0) -> int:
     """Wait until `expect` calls of this group are running at the same time (proves overlap)."""
     journal_write(journal, "arrive", group=group)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_seconds
     while True:
         arrived = {
-            e["step"] for e in journal_read(journal) if e["event"] == "arrive" and e.get("group") == group
+            e["step"]
+            for e in journal_read(journal)
+            if e["event"] == "arrive" and e.get("group") == group
         }
         if len(arrived) >= expect:
             journal_write(journal, "end", group=group)

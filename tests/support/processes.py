@@ -1,0 +1,72 @@
+"""Run the real `stepflow` command and `worker.py` as subprocesses against the test server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def process_env(target_host: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "STEPFLOW_"))}
+    env.update(
+        TEMPORAL_ADDRESS=target_host,
+        TEMPORAL_NAMESPACE="default",
+        STEPFLOW_LOG_FORMAT="json",
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Completed:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> Completed:
+    """`stepflow ARGS...` as a user would run it (the console script's module, same interpreter)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; from client.cli import main; sys.exit(main())",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    return Completed(process.returncode or 0, stdout.decode(), stderr.decode())
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python worker.py` in its own process, output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def wait_for_log(
+    log: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 30
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while text not in (log.read_text() if log.exists() else ""):
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited with {process.returncode}:\n{log.read_text()}")
+        if loop.time() > deadline:
+            raise AssertionError(f"{text!r} not in the worker's log within {timeout} s")
+        await asyncio.sleep(0.05)
