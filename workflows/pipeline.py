@@ -9,6 +9,7 @@ worker costs nothing but the attempt that was running.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from datetime import timedelta
 from typing import Any
 
@@ -93,6 +94,10 @@ class PipelineWorkflow:
     def __init__(self) -> None:
         self._records: dict[str, StepRecord] = {}
         self._spec_steps: dict[str, ToolStep] = {}
+        self._order: dict[str, int] = {}
+        self._unmet: dict[str, int] = {}
+        self._dependents: dict[str, list[str]] = {}
+        self._ready: list[tuple[int, str]] = []
         self._outputs: dict[str, Any] = {}
         self._fatal: str | None = None
 
@@ -109,18 +114,16 @@ class PipelineWorkflow:
             ) from None
 
         self._records = {s.id: StepRecord(id=s.id, kind=s.kind) for s in spec.steps}
-        self._spec_steps = {s.id: s for s in spec.steps}
+        self._plan(spec)
         running: dict[str, asyncio.Task[None]] = {}
         try:
             while True:
-                self._skip_unreachable()
-                if self._fatal is None:
-                    for step in self._ready(spec, running):
-                        if len(running) >= spec.max_concurrency:
-                            break
-                        self._records[step.id].status = StepStatus.RUNNING
-                        self._records[step.id].started_at = workflow.now()
-                        running[step.id] = asyncio.create_task(self._run_step(spec, step, inputs))
+                while self._fatal is None and self._ready and len(running) < spec.max_concurrency:
+                    _, step_id = heapq.heappop(self._ready)
+                    step = self._spec_steps[step_id]
+                    self._records[step_id].status = StepStatus.RUNNING
+                    self._records[step_id].started_at = workflow.now()
+                    running[step_id] = asyncio.create_task(self._run_step(spec, step, inputs))
                 if not running:
                     break
                 done, _ = await workflow.wait(
@@ -128,6 +131,7 @@ class PipelineWorkflow:
                 )
                 for step_id in [sid for sid, task in running.items() if task in done]:
                     running.pop(step_id).result()
+                    self._settle(step_id)
                 if self._fatal is not None:
                     await self._cancel_all(running, f"pipeline failed at step {self._fatal!r}")
         except asyncio.CancelledError:
@@ -144,40 +148,41 @@ class PipelineWorkflow:
             )
         return result
 
-    def _ready(self, spec: PipelineSpec, running: dict[str, Any]) -> list[ToolStep]:
-        return [
-            step
-            for step in spec.steps
-            if self._records[step.id].status is StepStatus.PENDING
-            and all(self._records[d].status is StepStatus.SUCCEEDED for d in step.depends_on)
-        ]
+    def _plan(self, spec: PipelineSpec) -> None:
+        """Index the DAG once, so each finished step costs only its dependents, not all N steps."""
+        self._spec_steps = {s.id: s for s in spec.steps}
+        self._order = {s.id: i for i, s in enumerate(spec.steps)}
+        self._unmet = {s.id: len(set(s.depends_on)) for s in spec.steps}
+        self._dependents = {s.id: [] for s in spec.steps}
+        for s in spec.steps:
+            for dep in dict.fromkeys(s.depends_on):
+                self._dependents[dep].append(s.id)
+        # Ready steps start in the order the spec lists them: a heap of (position, id).
+        self._ready = [(self._order[sid], sid) for sid, n in self._unmet.items() if n == 0]
+        heapq.heapify(self._ready)
 
-    def _skip_unreachable(self) -> None:
-        """Mark SKIPPED every pending step with a dependency that will never succeed."""
-        changed = True
-        while changed:
-            changed = False
-            for record in self._records.values():
-                if record.status is not StepStatus.PENDING:
-                    continue
-                reason = self._fatal_reason() if self._fatal is not None else None
-                if reason is None:
-                    reason = self._blocked_by(record.id)
-                if reason is not None:
+    def _settle(self, step_id: str) -> None:
+        """After a step finished: release its dependents, or skip them if it did not succeed."""
+        status = self._records[step_id].status
+        if status is StepStatus.SUCCEEDED:
+            for dependent in self._dependents[step_id]:
+                self._unmet[dependent] -= 1
+                if self._unmet[dependent] == 0:
+                    heapq.heappush(self._ready, (self._order[dependent], dependent))
+            return
+        if self._fatal is not None:
+            return  # the whole pipeline stops; _cancel_all gives every pending step that reason
+        blocked = [(step_id, status)]
+        while blocked:
+            cause, cause_status = blocked.pop()
+            for dependent in self._dependents[cause]:
+                record = self._records[dependent]
+                if record.status is StepStatus.PENDING:
                     record.status = StepStatus.SKIPPED
-                    record.reason = reason
-                    changed = True
-
-    def _fatal_reason(self) -> str:
-        return f"pipeline failed at step {self._fatal!r}"
-
-    def _blocked_by(self, step_id: str) -> str | None:
-        spec_step = self._spec_steps[step_id]
-        for dep in spec_step.depends_on:
-            status = self._records[dep].status
-            if status.unsuccessful:
-                return f"dependency {dep!r} {status.value.lower().replace('_', ' ')}"
-        return None
+                    record.reason = (
+                        f"dependency {cause!r} {cause_status.value.lower().replace('_', ' ')}"
+                    )
+                    blocked.append((dependent, StepStatus.SKIPPED))
 
     async def _cancel_all(self, running: dict[str, asyncio.Task[None]], reason: str) -> None:
         for task in running.values():
@@ -191,7 +196,7 @@ class PipelineWorkflow:
                 record.reason = reason
                 record.ended_at = workflow.now()
         running.clear()
-        self._skip_unreachable()
+        self._ready.clear()
         for record in self._records.values():
             if record.status is StepStatus.PENDING:
                 record.status = StepStatus.SKIPPED
@@ -262,7 +267,7 @@ class PipelineWorkflow:
             self._outputs[step.id] = policy.fallback
         elif policy == "fail" and self._fatal is None:
             self._fatal = step.id
-        # "continue": the record stays failed; _skip_unreachable skips its dependents.
+        # "continue": the record stays failed; _settle skips its dependents.
 
     def _result(self, spec: PipelineSpec, started_at: Any) -> PipelineResult:
         error = None
