@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -23,6 +22,7 @@ from temporalio.worker import Worker
 
 from activities.registry import ToolDefinition, load_tool_modules
 from activities.tool_activities import tool_activities
+from runtime import exit_now
 from runtime.connection import ConnectionFailed, connect
 from runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
 from runtime.logging import configure_logging
@@ -107,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

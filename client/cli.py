@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -25,7 +24,7 @@ from activities.registry import load_tool_modules
 from client.api import PipelineError, RunNotFound, StepflowClient
 from client.loading import check_spec, load_spec_file
 from client.render import print_result
-from runtime import devserver
+from runtime import devserver, exit_now
 from runtime.connection import ConnectionFailed
 from runtime.settings import get_settings
 from workflows.models import PipelineResult, PipelineSpec, PipelineStatus
@@ -226,5 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     return _one_line_errors(args.handler, args)
 
 
+def entry() -> None:
+    """The `stepflow` console script: `main`, with an exit code the SDK cannot turn into 134."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -36,7 +36,7 @@ async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import sys; from client.cli import main; sys.exit(main())",
+        "from client.cli import entry; entry()",
         *args,
         cwd=ROOT,
         env=env,
