@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import ToolContext, ToolError, _enter, _exit
 from activities.registry import ToolDefinition
+from runtime.settings import get_settings
 from workflows.models import ToolCallInput, ToolCallOutput, tool_activity_name
 
 log = structlog.get_logger("stepflow.tool")
@@ -57,7 +58,10 @@ def _start(defn: ToolDefinition, call: ToolCallInput) -> tuple[dict[str, Any], A
             heartbeat_details=tuple(info.heartbeat_details),
         )
     )
-    log.info("tool call started")
+    if get_settings().log_content:  # arguments may be private: only when asked for
+        log.info("tool call started", args=call.args)
+    else:
+        log.info("tool call started")
     return kwargs, token
 
 
@@ -71,7 +75,11 @@ def _finish(defn: ToolDefinition, result: Any, started: float) -> ToolCallOutput
             type=INVALID_OUTPUT,
             non_retryable=True,
         ) from None
-    log.info("tool call succeeded", duration_ms=round((time.monotonic() - started) * 1000, 1))
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    if get_settings().log_content:
+        log.info("tool call succeeded", duration_ms=duration_ms, output=output)
+    else:
+        log.info("tool call succeeded", duration_ms=duration_ms)
     return ToolCallOutput(output=output, attempt=activity.info().attempt)
 
 
