@@ -20,7 +20,7 @@ from client.loading import check_spec, load_spec_file
 from runtime.connection import connect
 from runtime.settings import Settings, get_settings
 from workflows.models import PipelineInput, PipelineResult, PipelineSpec
-from workflows.pipeline import PIPELINE_FAILED, PIPELINE_WORKFLOW, PipelineWorkflow
+from workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
 from workflows.validation import resolve_inputs
 
 
@@ -131,4 +131,4 @@ class StepflowClient:
         return await self.get_result(run.workflow_id, run.run_id)
 
 
-__all__ = ["PIPELINE_WORKFLOW", "PipelineError", "PipelineRun", "RunNotFound", "StepflowClient"]
+__all__ = ["PipelineError", "PipelineRun", "RunNotFound", "StepflowClient"]

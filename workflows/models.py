@@ -196,26 +196,6 @@ class StepStatus(StrEnum):
     SKIPPED = "SKIPPED"
     CANCELLED = "CANCELLED"
 
-    @property
-    def finished(self) -> bool:
-        return self in _FINISHED
-
-    @property
-    def unsuccessful(self) -> bool:
-        """Finished without an output its dependents could use."""
-        return self in _FINISHED and self is not StepStatus.SUCCEEDED
-
-
-_FINISHED = frozenset(
-    {
-        StepStatus.SUCCEEDED,
-        StepStatus.FAILED,
-        StepStatus.TIMED_OUT,
-        StepStatus.SKIPPED,
-        StepStatus.CANCELLED,
-    }
-)
-
 
 class StepRecord(BaseModel):
     """What happened to one step."""
