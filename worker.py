@@ -20,6 +20,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.model_call import model_call
 from activities.registry import ToolDefinition, load_tool_modules
 from activities.tool_activities import tool_activities
 from runtime import exit_now
@@ -27,11 +28,12 @@ from runtime.connection import ConnectionFailed, connect
 from runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
 from runtime.logging import configure_logging
 from runtime.settings import Settings, get_settings
+from workflows.agent import AgentStepWorkflow
 from workflows.pipeline import PipelineWorkflow
 
 log = structlog.get_logger("stepflow.worker")
 
-WORKFLOWS = [PipelineWorkflow]
+WORKFLOWS = [PipelineWorkflow, AgentStepWorkflow]
 
 
 def build_worker(
@@ -55,7 +57,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=tool_activities(tools),
+        activities=[model_call, *tool_activities(tools)],
         # Sync tools run here; sized like the activity slots so none waits for a thread.
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,

@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from activities.output_schema import OutputSchemaError, resolve_output_schema
 from activities.registry import all_tools, get_tool, load_tool_modules
 from runtime.settings import get_settings
-from workflows.models import PipelineSpec, ToolStep
+from workflows.models import AgentStep, PipelineSpec
 from workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
 
 
@@ -86,8 +87,10 @@ def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
     """Unknown tools and literal arguments that fail the tool's schema."""
     load_tool_modules(get_settings().tool_modules)
     issues = []
+    known = [t.name for t in all_tools()]
     for step in spec.steps:
-        if not isinstance(step, ToolStep):
+        if isinstance(step, AgentStep):
+            issues.extend(_agent_issues(step, known))
             continue
         definition = get_tool(step.tool)
         if definition is None:
@@ -103,6 +106,21 @@ def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
             continue
         for field, message in definition.check_static_args(step.args):
             issues.append(SpecIssue(message, step.id, f"args.{field}"))
+    return issues
+
+
+def _agent_issues(step: AgentStep, known: list[str]) -> list[SpecIssue]:
+    """Unknown tools in an agent step's list, and an output schema the worker could not use."""
+    issues = []
+    for index, name in enumerate(step.tools):
+        if get_tool(name) is None:
+            hint = did_you_mean(name, known)
+            issues.append(SpecIssue(f"unknown tool {name!r}{hint}", step.id, f"tools[{index}]"))
+    if step.output_schema is not None:
+        try:
+            resolve_output_schema(step.output_schema)
+        except OutputSchemaError as err:
+            issues.append(SpecIssue(str(err), step.id, "output_schema"))
     return issues
 
 

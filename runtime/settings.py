@@ -7,12 +7,40 @@ not here: they come from `temporalio.envconfig` (see `runtime.connection`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+class ModelSettings(BaseModel):
+    """How the worker reaches one model name that pipelines use in `model:`.
+
+    Keys are never here: `api_key_env` names the environment variable that
+    holds the key, which the model activity reads on the worker at call time.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider_model: str | None = Field(
+        default=None, description="The provider's model id; default: the configured name."
+    )
+    base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible API; default: OPENAI_BASE_URL or OpenAI."
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", description="Environment variable holding the API key."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default request parameters, e.g. temperature or max_completion_tokens.",
+    )
+    structured_output: bool = Field(
+        default=True,
+        description="Send `response_format` with the output schema (off for servers without it).",
+    )
 
 
 class Settings(BaseSettings):
@@ -50,6 +78,13 @@ class Settings(BaseSettings):
         default="http://localhost:8233", description="Base of the Temporal Web UI, for run links."
     )
     max_concurrent_activities: int = Field(default=100, ge=1)
+    default_model: str = Field(
+        default="gpt-4o-mini", description="The model of agent steps that name none."
+    )
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict,
+        description='Per-model settings as JSON: {"name": {"base_url": ..., "api_key_env": ...}}.',
+    )
 
     @field_validator("tool_modules", "http_allow_hosts", mode="before")
     @classmethod

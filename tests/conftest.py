@@ -6,7 +6,7 @@ Every test gets its own task queue, so tests never see each other's work.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from runtime.devserver import temporal_binary, tuned_flags
 from runtime.settings import Settings
+from tests.support.model_server import TEST_API_KEY, ScriptedModelServer
 from worker import build_worker
 
 TEST_TOOL_MODULE = "tests.support.tools"
@@ -71,3 +72,12 @@ async def worker(temporal_client: Client, settings: Settings) -> AsyncIterator[N
 @pytest.fixture
 def stepflow(temporal_client: Client, settings: Settings) -> StepflowClient:
     return StepflowClient(temporal_client, settings=settings)
+
+
+@pytest.fixture
+def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedModelServer]:
+    """A scripted Chat Completions server; the worker's model calls go to it."""
+    with ScriptedModelServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+        yield server

@@ -134,7 +134,56 @@ class ToolStep(StepBase):
     )
 
 
-Step = Annotated[ToolStep, Field(discriminator="kind")]
+OutputSchema = dict[str, Any] | str
+"""An inline JSON schema, or the import path of a pydantic model: `"package.module:Model"`."""
+
+
+class AgentStep(StepBase):
+    """A conversation with a model that may call tools, run as a child `AgentStepWorkflow`.
+
+    Each model call and each tool call is its own activity. `retry` and
+    `timeout` apply to both kinds of call; `model_retry`/`model_timeout` and
+    `tool_retry`/`tool_timeout` override them for one kind, field by field.
+    """
+
+    kind: Literal["agent"]
+    instructions: str = Field(description="The system prompt; may hold {{ inputs.X }}.")
+    input: Any = Field(
+        default=None,
+        description="What the step works on: text or JSON, templated like a tool step's args.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="A model name from the worker's configuration; absent: the worker's default.",
+    )
+    tools: list[str] = Field(
+        default_factory=list, description="The only registered tools this step may call."
+    )
+    max_model_calls: int = Field(
+        default=10, ge=1, le=1000, description="The step fails when it has made this many calls."
+    )
+    tool_calls: Literal["parallel", "sequential"] = Field(
+        default="parallel", description="Run the tool calls of one model reply at once or in turn."
+    )
+    output_schema: OutputSchema | None = Field(
+        default=None,
+        description="The final answer must match it (JSON); absent means plain text.",
+    )
+    max_output_repairs: int = Field(
+        default=2, ge=0, le=20, description="Invalid answers sent back to the model to fix."
+    )
+    model_retry: RetrySpec | None = None
+    model_timeout: TimeoutSpec | None = None
+    tool_retry: RetrySpec | None = None
+    tool_timeout: TimeoutSpec | None = None
+
+
+Step = Annotated[ToolStep | AgentStep, Field(discriminator="kind")]
+
+ContextMode = Literal["dependencies", "full"]
+"""What an agent step sees besides its input: the outputs of the steps it declares
+(`dependencies`, the default), or every earlier step's output and conversation (`full`,
+the whole-history baseline that `bench/context.py` compares against)."""
 
 
 class PipelineSpec(SpecModel):
@@ -144,6 +193,7 @@ class PipelineSpec(SpecModel):
     description: str | None = None
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     max_concurrency: int = Field(default=10, ge=1, le=1000)
+    context: ContextMode = "dependencies"
     defaults: StepDefaults = Field(default_factory=StepDefaults)
     steps: list[Step] = Field(min_length=1)
 
@@ -173,12 +223,43 @@ def effective_retry(step: StepBase, defaults: StepDefaults) -> RetrySpec:
     return RetrySpec.model_validate(_layered(BUILTIN_RETRY, defaults.retry, step.retry))
 
 
-def effective_timeout(step: StepBase, defaults: StepDefaults) -> TimeoutSpec:
+def effective_timeout(
+    step: StepBase, defaults: StepDefaults, override: TimeoutSpec | None = None
+) -> TimeoutSpec:
     """The step's timeouts over the pipeline's, with a 5 minute start-to-close if none is set."""
-    result = TimeoutSpec.model_validate(_layered(defaults.timeout, step.timeout))
+    result = TimeoutSpec.model_validate(_layered(defaults.timeout, step.timeout, override))
     if result.start_to_close is None and result.schedule_to_close is None:
         result.start_to_close = DEFAULT_START_TO_CLOSE
     return result
+
+
+BUILTIN_MODEL_RETRY = RetrySpec(max_attempts=5)
+"""Model APIs rate-limit: their calls get two more attempts than tool calls by default."""
+
+DEFAULT_MODEL_HEARTBEAT = timedelta(seconds=30)
+"""The model activity heartbeats while it waits, so a lost worker's call is retried in 30 s."""
+
+
+def model_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
+    layers = _layered(BUILTIN_RETRY, BUILTIN_MODEL_RETRY, defaults.retry, step.retry)
+    return RetrySpec.model_validate(layers | _layered(step.model_retry))
+
+
+def model_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:
+    result = effective_timeout(step, defaults, step.model_timeout)
+    if result.heartbeat is None:
+        result.heartbeat = DEFAULT_MODEL_HEARTBEAT
+    return result
+
+
+def tool_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
+    return RetrySpec.model_validate(
+        _layered(BUILTIN_RETRY, defaults.retry, step.retry, step.tool_retry)
+    )
+
+
+def tool_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:
+    return effective_timeout(step, defaults, step.tool_timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +278,25 @@ class StepStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class TokenUsage(BaseModel):
+    """Tokens the model calls of a step (or a whole pipeline) used, as the model reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    model_calls: int = 0
+
+    def plus(self, other: TokenUsage | None) -> TokenUsage:
+        if other is None:
+            return self
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            model_calls=self.model_calls + other.model_calls,
+        )
+
+
 class StepRecord(BaseModel):
     """What happened to one step."""
 
@@ -211,6 +311,11 @@ class StepRecord(BaseModel):
     used_fallback: bool = False
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    model: str | None = Field(
+        default=None, description="Agent steps: the model that answered (`offline`: built-in)."
+    )
+    usage: TokenUsage | None = Field(default=None, description="Agent steps: tokens used.")
+    tool_calls: int | None = Field(default=None, description="Agent steps: tool calls made.")
 
     @property
     def duration(self) -> timedelta | None:
@@ -240,6 +345,9 @@ class PipelineResult(BaseModel):
     error: str | None = Field(default=None, description="Why the pipeline failed.")
     started_at: datetime
     ended_at: datetime
+    usage: TokenUsage = Field(
+        default_factory=TokenUsage, description="Tokens of every agent step, summed."
+    )
 
     def step(self, step_id: str) -> StepRecord:
         for record in self.steps:
@@ -273,3 +381,90 @@ class ToolCallOutput(BaseModel):
 def tool_activity_name(tool: str) -> str:
     """Each tool is its own activity type, so the Web UI and metrics name the tool."""
     return f"tool_{tool}"
+
+
+ChatMessage = dict[str, Any]
+"""One Chat Completions message as the API spells it (`role`, `content`, `tool_calls`...)."""
+
+
+class ModelCallInput(BaseModel):
+    """One call of the `model_call` activity: the conversation so far, nothing else.
+
+    Tools go by name: the worker's registry supplies their schemas, so history
+    holds each schema once per worker build rather than once per call.
+    """
+
+    step_id: str
+    model: str | None = Field(default=None, description="A configured model name, or default.")
+    messages: list[ChatMessage]
+    tools: list[str] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
+    output_schema: OutputSchema | None = None
+    call_number: int = Field(default=1, description="1 for the step's first model call.")
+
+
+class PlannedToolCall(BaseModel):
+    """A tool call the model asked for, checked by the activity before anything runs it."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="Parsed and valid against the tool's schema."
+    )
+    error: str | None = Field(
+        default=None,
+        description="Why the call must not run; it goes back to the model as the call's result.",
+    )
+
+
+class ModelCallOutput(BaseModel):
+    message: ChatMessage = Field(description="The assistant message, to append to the chat.")
+    tool_calls: list[PlannedToolCall] = Field(default_factory=list)
+    output: Any = Field(default=None, description="The final answer (parsed JSON with a schema).")
+    output_error: str | None = Field(
+        default=None, description="Why the final answer does not match the output schema."
+    )
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    model: str = Field(description="The model that answered; `offline` for the built-in one.")
+    attempt: int = 1
+
+    @property
+    def is_final(self) -> bool:
+        return not self.tool_calls
+
+
+class AgentStepInput(BaseModel):
+    """What `AgentStepWorkflow` starts with; the pipeline resolves every setting first."""
+
+    pipeline: str
+    step: AgentStep
+    instructions: str = Field(description="Rendered.")
+    input: Any = Field(default=None, description="Rendered.")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Outputs of the steps this one may see, by step id."
+    )
+    history: list[ChatMessage] = Field(
+        default_factory=list, description="`context: full` only: earlier steps' conversations."
+    )
+    keep_transcript: bool = False
+    model_retry: RetrySpec
+    model_timeout: TimeoutSpec
+    tool_retry: RetrySpec
+    tool_timeout: TimeoutSpec
+    idempotency_prefix: str = Field(description="Tool calls' keys start with it.")
+
+
+class AgentStepResult(BaseModel):
+    output: Any = None
+    model: str
+    usage: TokenUsage
+    tool_calls: int = 0
+    repairs: int = 0
+    transcript: list[ChatMessage] | None = Field(
+        default=None, description="The conversation, when the pipeline keeps full context."
+    )
+
+
+MODEL_CALL_ACTIVITY = "model_call"
+AGENT_STEP_WORKFLOW = "stepflow_agent_step"
+OFFLINE_MODEL = "offline"

@@ -1,4 +1,4 @@
-"""`PipelineWorkflow`: runs a pipeline's DAG, each tool step as one activity.
+"""`PipelineWorkflow`: runs a pipeline's DAG; a tool step is one activity, an agent step a child.
 
 Ready-set scheduling: every step whose dependencies have succeeded starts at
 once, up to `max_concurrency`, in the order the spec lists them. The workflow
@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from datetime import timedelta
 from typing import Any
 
 import pydantic
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
+    ChildWorkflowError,
     RetryState,
     TimeoutError,
 )
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.activity_options import activity_options
+    from workflows.agent import AgentStepWorkflow
     from workflows.models import (
+        AgentStep,
+        AgentStepInput,
+        AgentStepResult,
+        ChatMessage,
         Fallback,
         PipelineInput,
         PipelineResult,
@@ -34,12 +39,17 @@ with workflow.unsafe.imports_passed_through():
         RetrySpec,
         StepRecord,
         StepStatus,
+        TokenUsage,
         ToolCallInput,
         ToolCallOutput,
         ToolStep,
         effective_retry,
         effective_timeout,
+        model_call_retry,
+        model_call_timeout,
         tool_activity_name,
+        tool_call_retry,
+        tool_call_timeout,
     )
     from workflows.templates import TemplateError, render
     from workflows.validation import SpecError, check_pipeline
@@ -53,12 +63,21 @@ INVALID_REFERENCE = "InvalidReference"
 class _StepFailed(Exception):
     """A step's activity failed for good; carries what its record needs."""
 
-    def __init__(self, status: StepStatus, message: str, error_type: str, attempts: int) -> None:
+    def __init__(
+        self,
+        status: StepStatus,
+        message: str,
+        error_type: str,
+        attempts: int,
+        agent: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type
         self.attempts = attempts
+        self.agent = agent or {}
+        """An agent step's model, usage and tool calls up to the failure."""
 
 
 def _step_failure(err: ActivityError, retry: RetrySpec) -> _StepFailed:
@@ -93,12 +112,13 @@ class PipelineWorkflow:
 
     def __init__(self) -> None:
         self._records: dict[str, StepRecord] = {}
-        self._spec_steps: dict[str, ToolStep] = {}
+        self._spec_steps: dict[str, ToolStep | AgentStep] = {}
         self._order: dict[str, int] = {}
         self._unmet: dict[str, int] = {}
         self._dependents: dict[str, list[str]] = {}
         self._ready: list[tuple[int, str]] = []
         self._outputs: dict[str, Any] = {}
+        self._transcripts: list[ChatMessage] = []
         self._fatal: str | None = None
 
     @workflow.run
@@ -202,28 +222,94 @@ class PipelineWorkflow:
                 record.status = StepStatus.SKIPPED
                 record.reason = reason
 
-    async def _run_step(self, spec: PipelineSpec, step: ToolStep, inputs: dict[str, Any]) -> None:
+    async def _run_step(
+        self, spec: PipelineSpec, step: ToolStep | AgentStep, inputs: dict[str, Any]
+    ) -> None:
         record = self._records[step.id]
-        retry = effective_retry(step, spec.defaults)
         try:
-            output = await self._call_tool(spec, step, inputs, retry)
+            if isinstance(step, AgentStep):
+                agent = await self._run_agent(spec, step, inputs)
+                output, record.attempts = agent.output, 1
+                record.model, record.usage, record.tool_calls = (
+                    agent.model,
+                    agent.usage,
+                    agent.tool_calls,
+                )
+                self._transcripts.extend(agent.transcript or [])
+            else:
+                called = await self._call_tool(spec, step, inputs)
+                output, record.attempts = called.output, called.attempt
         except _StepFailed as failed:
             record.status = failed.status
             record.error = failed.message
             record.error_type = failed.error_type
             record.attempts = failed.attempts
             record.ended_at = workflow.now()
+            if failed.agent:
+                record.model = failed.agent.get("model")
+                record.usage = TokenUsage.model_validate(failed.agent.get("usage") or {})
+                record.tool_calls = failed.agent.get("tool_calls")
             self._apply_on_failure(step, record)
             return
         record.status = StepStatus.SUCCEEDED
-        record.output = output.output
-        record.attempts = output.attempt
+        record.output = output
         record.ended_at = workflow.now()
-        self._outputs[step.id] = output.output
+        self._outputs[step.id] = output
+
+    async def _run_agent(
+        self, spec: PipelineSpec, step: AgentStep, inputs: dict[str, Any]
+    ) -> AgentStepResult:
+        """Run the step as a child workflow that sees only what the pipeline's context allows."""
+        declared = {d: self._outputs[d] for d in step.depends_on}
+        try:
+            instructions = render(step.instructions, inputs, declared)
+            step_input = render(step.input, inputs, declared)
+        except TemplateError as err:
+            raise _StepFailed(StepStatus.FAILED, str(err), INVALID_REFERENCE, 0) from None
+        full = spec.context == "full"
+        info = workflow.info()
+        try:
+            return await workflow.execute_child_workflow(
+                AgentStepWorkflow.run,
+                AgentStepInput(
+                    pipeline=spec.name,
+                    step=step,
+                    instructions=str(instructions),
+                    input=step_input,
+                    # Only what the step declared, unless the pipeline asks for the whole history.
+                    context=dict(self._outputs) if full else declared,
+                    history=list(self._transcripts) if full else [],
+                    keep_transcript=full,
+                    model_retry=model_call_retry(step, spec.defaults),
+                    model_timeout=model_call_timeout(step, spec.defaults),
+                    tool_retry=tool_call_retry(step, spec.defaults),
+                    tool_timeout=tool_call_timeout(step, spec.defaults),
+                    idempotency_prefix=f"{info.workflow_id}/{info.first_execution_run_id}/{step.id}",
+                ),
+                id=f"{info.workflow_id}/{step.id}",
+                static_summary=f"agent step {step.id}",
+            )
+        except ChildWorkflowError as err:
+            cause = err.cause
+            if isinstance(cause, CancelledError):
+                raise asyncio.CancelledError(str(cause)) from None
+            if isinstance(cause, ApplicationError):
+                details = cause.details[0] if cause.details else None
+                raise _StepFailed(
+                    StepStatus.FAILED,
+                    cause.message,
+                    cause.type or "Error",
+                    1,
+                    details if isinstance(details, dict) else None,
+                ) from None
+            raise _StepFailed(
+                StepStatus.FAILED, str(cause or err), type(cause or err).__name__, 1
+            ) from None
 
     async def _call_tool(
-        self, spec: PipelineSpec, step: ToolStep, inputs: dict[str, Any], retry: RetrySpec
+        self, spec: PipelineSpec, step: ToolStep, inputs: dict[str, Any]
     ) -> ToolCallOutput:
+        retry = effective_retry(step, spec.defaults)
         try:
             args = render(step.args, inputs, {d: self._outputs[d] for d in step.depends_on})
         except TemplateError as err:
@@ -241,24 +327,15 @@ class PipelineWorkflow:
                     idempotency_key=f"{info.workflow_id}/{info.first_execution_run_id}/{step.id}",
                 ),
                 result_type=ToolCallOutput,
-                start_to_close_timeout=timeout.start_to_close,
-                schedule_to_close_timeout=timeout.schedule_to_close,
-                heartbeat_timeout=timeout.heartbeat,
-                retry_policy=RetryPolicy(
-                    initial_interval=retry.initial_interval or timedelta(seconds=1),
-                    backoff_coefficient=retry.backoff_coefficient or 2.0,
-                    maximum_interval=retry.max_interval,
-                    maximum_attempts=retry.max_attempts or 0,
-                    non_retryable_error_types=retry.non_retryable_errors or None,
-                ),
                 summary=f"{step.id} · tool {step.tool}",
+                **activity_options(retry, timeout),
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError(str(err.cause)) from None  # we cancelled it
             raise _step_failure(err, retry) from None
 
-    def _apply_on_failure(self, step: ToolStep, record: StepRecord) -> None:
+    def _apply_on_failure(self, step: ToolStep | AgentStep, record: StepRecord) -> None:
         policy = step.on_failure
         if isinstance(policy, Fallback):
             record.status = StepStatus.SUCCEEDED
@@ -274,8 +351,12 @@ class PipelineWorkflow:
         if self._fatal is not None:
             failed = self._records[self._fatal]
             error = f"step {failed.id!r} failed: {failed.error}"
+        usage = TokenUsage()
+        for record in self._records.values():
+            usage = usage.plus(record.usage)
         return PipelineResult(
             pipeline=spec.name,
+            usage=usage,
             status=PipelineStatus.FAILED if self._fatal else PipelineStatus.SUCCEEDED,
             steps=[self._records[s.id] for s in spec.steps],
             error=error,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from workflows.models import InputType, PipelineSpec
+from workflows.models import AgentStep, InputType, PipelineSpec, ToolStep
 from workflows.templates import TemplateError, iter_references
 
 
@@ -88,14 +88,24 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
             elif dep not in seen:
                 hint = did_you_mean(dep, seen)
                 issues.append(SpecIssue(f"unknown step {dep!r}{hint}", step.id, "depends_on"))
-        for key, value in step.args.items():
-            issues.extend(_reference_issues(spec, step.id, step.depends_on, f"args.{key}", value))
+        for field, value in _templated_fields(step):
+            issues.extend(_reference_issues(spec, step.id, step.depends_on, field, value))
+        if isinstance(step, AgentStep):
+            for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
+                issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
 
     graph = {step.id: [d for d in step.depends_on if d != step.id] for step in spec.steps}
     cycle = find_cycle(graph)
     if cycle:
         issues.append(SpecIssue("dependency cycle: " + " -> ".join(cycle), cycle[0], "depends_on"))
     return issues
+
+
+def _templated_fields(step: ToolStep | AgentStep) -> list[tuple[str, Any]]:
+    """The fields of a step that may hold {{ ... }} references, by the name errors use."""
+    if isinstance(step, AgentStep):
+        return [("instructions", step.instructions), ("input", step.input)]
+    return [(f"args.{key}", value) for key, value in step.args.items()]
 
 
 def _reference_issues(

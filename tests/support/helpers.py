@@ -17,3 +17,10 @@ def pipeline(*steps: dict[str, Any], **fields: Any) -> PipelineSpec:
 def step(step_id: str, tool: str, **fields: Any) -> dict[str, Any]:
     """A tool step as a dict; `args=`, `depends_on=`, `retry=` ... go in as written in YAML."""
     return {"id": step_id, "kind": "tool", "tool": tool, **fields}
+
+
+def agent(
+    step_id: str, instructions: str = "You are a careful test agent.", **fields: Any
+) -> dict[str, Any]:
+    """An agent step as a dict; `tools=`, `input=`, `output_schema=` ... go in as in YAML."""
+    return {"id": step_id, "kind": "agent", "instructions": instructions, **fields}

@@ -60,8 +60,8 @@ async def rendezvous(journal: str, group: str, expect: int, wait_seconds: float 
     journal_write(journal, "arrive", group=group)
     deadline = time.monotonic() + wait_seconds
     while True:
-        arrived = {
-            e["step"]
+        arrived = {  # one key per step, and per tool call of an agent step
+            e["key"]
             for e in journal_read(journal)
             if e["event"] == "arrive" and e.get("group") == group
         }

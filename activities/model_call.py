@@ -1,0 +1,325 @@
+"""The `model_call` activity: one Chat Completions request, checked before the workflow acts on it.
+
+The provider client runs with its own retries off (`max_retries=0`): Temporal
+owns retries. What the model asked for is checked here, on the worker, where
+the tool registry and output models live: tool calls outside the step's list,
+with malformed JSON or with arguments that fail the tool's schema come back
+marked with the error (the workflow never runs them, the model reads why), and
+a final answer comes back parsed or with the reason it does not match the
+step's output schema. The verdicts land in history, so replay never re-judges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import openai
+import structlog
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
+from activities.offline_model import offline_completion
+from activities.output_schema import (
+    OutputSchemaError,
+    ResolvedSchema,
+    resolve_output_schema,
+    schema_instructions,
+)
+from activities.registry import get_tool
+from runtime.settings import get_settings
+from workflows.models import (
+    MODEL_CALL_ACTIVITY,
+    ChatMessage,
+    ModelCallInput,
+    ModelCallOutput,
+    PlannedToolCall,
+    TokenUsage,
+)
+
+log = structlog.get_logger("stepflow.model")
+
+T = TypeVar("T")
+
+RETRYABLE_STATUS = {408, 409, 429}
+MAX_RETRY_AFTER = timedelta(minutes=15)
+"""A longer Retry-After is capped: the step's own timeouts should decide, not a header."""
+
+HEARTBEAT_EVERY = 5.0
+"""Seconds between heartbeats while the model thinks (the SDK throttles them further)."""
+
+# Error types (what `retry.non_retryable_errors` and step records name).
+MODEL_RATE_LIMITED = "ModelRateLimited"
+MODEL_SERVER_ERROR = "ModelServerError"
+MODEL_TIMEOUT = "ModelTimeout"
+MODEL_CONNECTION_ERROR = "ModelConnectionError"
+MODEL_REQUEST_REJECTED = "ModelRequestRejected"
+MODEL_NOT_CONFIGURED = "ModelNotConfigured"
+INVALID_OUTPUT_SCHEMA = "InvalidOutputSchema"
+
+_clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
+
+
+def _client(endpoint: ModelEndpoint) -> openai.AsyncOpenAI:
+    """One client (one connection pool) per address and key, for the worker's lifetime."""
+    key = (endpoint.base_url, endpoint.api_key)
+    client = _clients.get(key)
+    if client is None:
+        client = openai.AsyncOpenAI(
+            api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0
+        )
+        _clients[key] = client
+    return client
+
+
+def tool_params(names: list[str]) -> list[dict[str, Any]]:
+    """The `tools` request parameter: each registered tool's name, description and schema."""
+    params = []
+    for name in names:
+        defn = get_tool(name)
+        if defn is None:
+            continue  # reported per call if the model asks for it anyway
+        params.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": defn.name,
+                    "description": defn.description,
+                    "parameters": defn.json_schema(),
+                },
+            }
+        )
+    return params
+
+
+def _request_messages(
+    messages: list[ChatMessage], schema: ResolvedSchema | None
+) -> list[ChatMessage]:
+    if schema is None or not messages or messages[0].get("role") != "system":
+        return messages
+    system = dict(messages[0])
+    system["content"] = f"{system.get('content') or ''}\n\n{schema_instructions(schema)}"
+    return [system, *messages[1:]]
+
+
+async def _with_heartbeats(work: Awaitable[T]) -> T:
+    """Await `work`, heartbeating meanwhile, so a lost worker's call is retried promptly."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        task.cancel()
+
+
+def _retry_after(headers: Mapping[str, str]) -> timedelta | None:
+    """`retry-after-ms` (OpenAI's), else `retry-after` in seconds or as an HTTP date."""
+    delay: float | None = None
+    if value := headers.get("retry-after-ms"):
+        try:
+            delay = float(value) / 1000
+        except ValueError:
+            pass
+    if delay is None and (value := headers.get("retry-after")):
+        try:
+            delay = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                delay = (when - datetime.now(UTC)).total_seconds()
+            except (TypeError, ValueError):
+                pass
+    if delay is None or delay <= 0:
+        return None
+    return min(timedelta(seconds=delay), MAX_RETRY_AFTER)
+
+
+def _api_message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(body.get("error"), dict):
+            message = body["error"].get("message", message)
+        if isinstance(message, str) and message:
+            return message
+    return err.message
+
+
+def _redact(text: str, endpoint: ModelEndpoint) -> str:
+    """Some APIs echo the key in their errors; it must not reach history or logs."""
+    if endpoint.api_key and len(endpoint.api_key) >= 8:
+        text = text.replace(endpoint.api_key, "***")
+    return text
+
+
+def _translate(err: Exception, endpoint: ModelEndpoint) -> ApplicationError:
+    """Map a client error to Temporal's terms: retryable with a delay, or not at all."""
+    details = {"attempt": activity.info().attempt}
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        message = _redact(f"model API answered {status}: {_api_message(err)}", endpoint)
+        if status in RETRYABLE_STATUS or status >= 500:
+            return ApplicationError(
+                message,
+                details,
+                type=MODEL_RATE_LIMITED if status == 429 else MODEL_SERVER_ERROR,
+                next_retry_delay=_retry_after(err.response.headers),
+            )
+        return ApplicationError(message, details, type=MODEL_REQUEST_REJECTED, non_retryable=True)
+    if isinstance(err, openai.APITimeoutError):
+        return ApplicationError("model API did not answer in time", details, type=MODEL_TIMEOUT)
+    if isinstance(err, openai.APIConnectionError):
+        cause = _redact(str(err.__cause__ or err), endpoint)
+        return ApplicationError(
+            f"cannot reach the model API: {cause}", details, type=MODEL_CONNECTION_ERROR
+        )
+    return ApplicationError(_redact(str(err), endpoint), details, type=type(err).__name__)
+
+
+async def _complete(
+    endpoint: ModelEndpoint,
+    call: ModelCallInput,
+    messages: list[ChatMessage],
+    tools: list[dict[str, Any]],
+    schema: ResolvedSchema | None,
+) -> tuple[ChatMessage, TokenUsage]:
+    """One completion, offline or over HTTP: the assistant message and the tokens it cost."""
+    if endpoint.offline:
+        reply = offline_completion(messages, tools, schema.json_schema if schema else None)
+        usage = reply.get("usage") or {}
+        return reply["message"], _usage(usage)
+    request: dict[str, Any] = {**endpoint.params, "model": endpoint.provider_model}
+    request["messages"] = messages
+    if tools:
+        request["tools"] = tools
+        if not call.parallel_tool_calls:
+            request["parallel_tool_calls"] = False
+    if schema is not None and endpoint.structured_output:
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "step_output", "schema": schema.json_schema},
+        }
+    timeout = activity.info().start_to_close_timeout
+    if timeout:  # end the HTTP request with the attempt, so a hung response is retried
+        request["timeout"] = timeout.total_seconds()
+    completion = await _client(endpoint).chat.completions.create(**request)
+    message = completion.choices[0].message
+    raw: ChatMessage = {"role": "assistant", "content": message.content}
+    if message.tool_calls:
+        raw["tool_calls"] = [
+            {
+                "id": tc.id,
+                "type": "function",
+                "function": {"name": tc.function.name, "arguments": tc.function.arguments},
+            }
+            for tc in message.tool_calls
+            if tc.type == "function"
+        ]
+    usage = completion.usage.model_dump() if completion.usage else {}
+    return raw, _usage(usage)
+
+
+def _usage(usage: dict[str, Any]) -> TokenUsage:
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    total = int(usage.get("total_tokens") or prompt + completion)
+    return TokenUsage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, model_calls=1
+    )
+
+
+def check_tool_call(raw: dict[str, Any], allowed: list[str]) -> PlannedToolCall:
+    """Whether a tool call may run; if not, the error the model gets as the call's result."""
+    function = raw.get("function") or {}
+    name = str(function.get("name") or "")
+    call = PlannedToolCall(id=str(raw.get("id") or ""), name=name)
+    defn = get_tool(name) if name in allowed else None
+    if defn is None:
+        available = ", ".join(allowed) or "none"
+        call.error = f"tool {name!r} is not available to this step (available: {available})"
+        return call
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except json.JSONDecodeError as err:
+        call.error = f"the arguments of {name!r} are not valid JSON: {err}"
+        return call
+    if not isinstance(arguments, dict):
+        call.error = f"the arguments of {name!r} must be a JSON object"
+        return call
+    try:
+        defn.validate_args(arguments)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in err.errors()
+        )
+        call.error = f"the arguments of {name!r} do not match its schema: {problems}"
+        return call
+    call.arguments = arguments
+    return call
+
+
+@activity.defn(name=MODEL_CALL_ACTIVITY)
+async def model_call(call: ModelCallInput) -> ModelCallOutput:
+    """Ask the step's model for its next move; check it; report the tokens."""
+    info = activity.info()
+    settings = get_settings()
+    try:
+        endpoint = resolve_endpoint(call.model, settings)
+        schema = resolve_output_schema(call.output_schema) if call.output_schema else None
+    except ModelNotConfigured as err:
+        raise ApplicationError(str(err), type=MODEL_NOT_CONFIGURED, non_retryable=True) from None
+    except OutputSchemaError as err:
+        raise ApplicationError(str(err), type=INVALID_OUTPUT_SCHEMA, non_retryable=True) from None
+    bound = structlog.contextvars.bound_contextvars(
+        workflow_id=info.workflow_id,
+        step_id=call.step_id,
+        model=endpoint.name,
+        call=call.call_number,
+        attempt=info.attempt,
+    )
+    with bound:
+        started = time.monotonic()
+        messages = _request_messages(call.messages, schema)
+        try:
+            message, usage = await _with_heartbeats(
+                _complete(endpoint, call, messages, tool_params(call.tools), schema)
+            )
+        except openai.OpenAIError as err:
+            failure = _translate(err, endpoint)
+            log.warning(
+                "model call failed",
+                error_type=failure.type,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            raise failure from None
+        output = ModelCallOutput(message=message, usage=usage, model=endpoint.name)
+        output.attempt = info.attempt
+        output.tool_calls = [
+            check_tool_call(raw, call.tools) for raw in message.get("tool_calls") or []
+        ]
+        if output.is_final:
+            if schema is None:
+                output.output = message.get("content") or ""
+            else:
+                output.output, output.output_error = schema.check(message.get("content"))
+        fields: dict[str, Any] = {
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "tool_calls": len(output.tool_calls),
+            "offline": endpoint.offline,
+        }
+        if settings.log_content:  # prompts and answers may be private: only when asked for
+            fields["reply"] = message
+        log.info("model call succeeded", **fields)
+        return output

@@ -1,0 +1,268 @@
+"""The scripted model server, driven through the real openai client (no Temporal needed).
+
+If these pass, a failure elsewhere is about Stepflow, not about the fake API it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion
+
+from tests.support.model_server import (
+    EXHAUSTED,
+    TEST_API_KEY,
+    RecordedRequest,
+    Reply,
+    ScriptedModelServer,
+    error,
+    hang,
+    json_answer,
+    text,
+    tool_calls,
+)
+
+LOOKUP_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look something up.",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(server: ScriptedModelServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key=TEST_API_KEY, max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def ask(client: openai.AsyncOpenAI, prompt: str = "hello", **kwargs: Any) -> ChatCompletion:
+    return await client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": prompt}], **kwargs
+    )
+
+
+async def test_text_reply_is_a_chat_completion(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(text("final answer"))
+
+    completion = await ask(client)
+
+    assert isinstance(completion, ChatCompletion)
+    assert completion.model == "gpt-test"
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "final answer"
+    assert choice.message.tool_calls is None
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens >= 1
+    assert completion.usage.completion_tokens == len("final answer") // 4
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    assert server.unexpected == []
+    assert server.remaining == 0
+
+
+async def test_json_answer_and_explicit_usage(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(json_answer({"ok": True, "items": [1, 2]}, usage=(120, 7)))
+
+    completion = await ask(client)
+
+    assert json.loads(completion.choices[0].message.content or "") == {"ok": True, "items": [1, 2]}
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (120, 7)
+    assert completion.usage.total_tokens == 127
+
+
+async def test_tool_calls_keep_malformed_arguments_raw(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(tool_calls(("lookup", {"q": "x"}), ("other", '{"broken')))
+
+    completion = await ask(client, tools=[LOOKUP_TOOL])
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert [call.id for call in calls] == ["call_1", "call_2"]
+    assert [call.type for call in calls] == ["function", "function"]
+    functions = [call.function for call in calls if call.type == "function"]
+    assert [(f.name, f.arguments) for f in functions] == [
+        ("lookup", '{"q": "x"}'),
+        ("other", '{"broken'),
+    ]
+    assert server.requests[0].tools == ["lookup"]
+
+
+async def test_rate_limit_carries_retry_after(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(error(429, "slow down", headers={"Retry-After": "2"}))
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        await ask(client)
+
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "2"
+    assert "slow down" in caught.value.message
+    assert server.unexpected == []
+
+
+async def test_bad_key_raises_authentication_error(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(error(401, "Incorrect API key provided"))
+
+    with pytest.raises(openai.AuthenticationError) as caught:
+        await ask(client)
+
+    assert "Incorrect API key provided" in caught.value.message
+    assert caught.value.code == "invalid_api_key"
+
+
+async def test_hang_times_out_and_stop_is_prompt(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(hang(30, then=text("too late")))
+
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        await ask(client, timeout=0.5)
+    assert time.monotonic() - started < 2
+
+    stopping = time.monotonic()
+    server.stop()
+    assert time.monotonic() - stopping < 1
+    assert len(server.requests) == 1
+
+
+async def test_hang_then_answers_a_patient_client(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(hang(0.1, then=text("eventually")))
+
+    completion = await ask(client, timeout=5)
+
+    assert completion.choices[0].message.content == "eventually"
+
+
+async def test_delayed_replies_overlap(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(text("a", delay=0.3), text("b", delay=0.3))
+
+    started = time.monotonic()
+    answers = await asyncio.gather(ask(client, "one"), ask(client, "two"))
+
+    assert time.monotonic() - started < 0.55  # serially it would take 0.6 s
+    assert sorted(a.choices[0].message.content or "" for a in answers) == ["a", "b"]
+
+
+async def test_callable_replies_see_the_request(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    def by_prompt(request: RecordedRequest) -> Reply:
+        return text(f"answer to {request.messages[-1]['content']}")
+
+    server.play(by_prompt, by_prompt)
+    answers = await asyncio.gather(ask(client, "one"), ask(client, "two"))
+    assert [a.choices[0].message.content for a in answers] == ["answer to one", "answer to two"]
+
+    server.respond_with(lambda request: text(f"fallback for {request.model}"))
+    fallback = await ask(client)
+    assert fallback.choices[0].message.content == "fallback for gpt-test"
+    assert server.unexpected == []
+
+
+async def test_exhausted_script_answers_500_and_is_recorded(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(text("only one"))
+    await ask(client)
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        await ask(client, "one too many")
+
+    assert EXHAUSTED in caught.value.message
+    assert [r.text for r in server.unexpected] == ["one too many"]
+
+
+async def test_streaming_is_rejected(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(text("unused"))
+
+    with pytest.raises(openai.BadRequestError, match="streaming is not supported"):
+        await ask(client, stream=True)
+
+    assert len(server.unexpected) == 1
+    assert server.remaining == 1  # a rejected request does not consume the script
+
+
+async def test_requests_record_body_headers_and_authorization(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(tool_calls(("lookup", {"q": "needle"})), text("done"))
+    first = await ask(client, "find the needle", tools=[LOOKUP_TOOL])
+    call = (first.choices[0].message.tool_calls or [])[0]
+    assert call.type == "function"
+    await client.chat.completions.create(
+        model="gpt-test",
+        messages=[
+            {"role": "user", "content": "find the needle"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": call.function.arguments,
+                        },
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call.id, "content": "found it"},
+        ],
+    )
+
+    one, two = server.requests
+    assert one.path == two.path == "/v1/chat/completions"
+    assert one.body["model"] == "gpt-test"
+    assert one.messages == [{"role": "user", "content": "find the needle"}]
+    assert one.tools == ["lookup"]
+    assert one.authorization == f"Bearer {TEST_API_KEY}"
+    assert one.headers["content-type"] == "application/json"
+    assert all(name == name.lower() for name in one.headers)
+    assert one.received_at <= two.received_at
+    assert [one.index, two.index] == [0, 1]
+    assert two.tools == []
+    assert "found it" in two.text
+    assert '"q": "needle"' in two.text  # tool-call arguments count as text too
+    assert TEST_API_KEY not in two.text
+    assert server.unexpected == []

@@ -1,0 +1,178 @@
+"""`AgentStepWorkflow`: one agent step, a child of the pipeline.
+
+The loop: model call (activity `model_call`) -> the tool calls it asked for
+(one activity each, `tool_<name>`, in parallel unless the step says
+sequential) -> the next model call with their results, until the model gives
+a final answer or the step has made `max_model_calls` calls. The conversation
+lives in this workflow's state, so a crashed worker resumes it from history
+instead of starting the step over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NoReturn
+
+import pydantic
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.activity_options import activity_options
+    from workflows.conversation import (
+        first_user_message,
+        repair_request,
+        tool_error,
+        tool_result,
+    )
+    from workflows.models import (
+        AGENT_STEP_WORKFLOW,
+        MODEL_CALL_ACTIVITY,
+        AgentStepInput,
+        AgentStepResult,
+        ChatMessage,
+        ModelCallInput,
+        ModelCallOutput,
+        PlannedToolCall,
+        TokenUsage,
+        ToolCallInput,
+        ToolCallOutput,
+        tool_activity_name,
+    )
+
+MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
+OUTPUT_INVALID = "OutputSchemaMismatch"
+
+
+@workflow.defn(name=AGENT_STEP_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
+class AgentStepWorkflow:
+    """Input `AgentStepInput`, result `AgentStepResult`.
+
+    A step that fails for good fails this workflow with an `ApplicationError`
+    whose first detail holds the model and token usage so far, so the
+    pipeline's record counts the tokens of failed steps too.
+    """
+
+    def __init__(self) -> None:
+        self._messages: list[ChatMessage] = []
+        self._usage = TokenUsage()
+        self._model: str | None = None
+        self._tool_calls = 0
+
+    @workflow.run
+    async def run(self, input: AgentStepInput) -> AgentStepResult:
+        step = input.step
+        history_start = 1 + len(input.history)
+        self._messages = [
+            {"role": "system", "content": input.instructions},
+            *input.history,
+            first_user_message(input.input, input.context),
+        ]
+        repairs = 0
+        for number in range(1, step.max_model_calls + 1):
+            reply = await self._call_model(input, number)
+            self._messages.append(reply.message)
+            if reply.tool_calls:
+                if number < step.max_model_calls:
+                    self._messages.extend(await self._run_tools(input, number, reply.tool_calls))
+                continue
+            if reply.output_error is None:
+                return AgentStepResult(
+                    output=reply.output,
+                    model=reply.model,
+                    usage=self._usage,
+                    tool_calls=self._tool_calls,
+                    repairs=repairs,
+                    transcript=self._messages[history_start:] if input.keep_transcript else None,
+                )
+            if repairs == step.max_output_repairs:
+                self._fail(
+                    f"the answer does not match the output schema after {repairs} "
+                    f"repair{'s' if repairs != 1 else ''}: {reply.output_error}",
+                    OUTPUT_INVALID,
+                )
+            repairs += 1
+            self._messages.append(repair_request(reply.output_error))
+        self._fail(
+            f"no final answer after {step.max_model_calls} model calls "
+            f"(max_model_calls: {step.max_model_calls})",
+            MAX_MODEL_CALLS_EXCEEDED,
+        )
+
+    def _fail(self, message: str, error_type: str) -> NoReturn:
+        raise ApplicationError(
+            message,
+            {
+                "model": self._model,
+                "usage": self._usage.model_dump(),
+                "tool_calls": self._tool_calls,
+            },
+            type=error_type,
+            non_retryable=True,
+        )
+
+    async def _call_model(self, input: AgentStepInput, number: int) -> ModelCallOutput:
+        step = input.step
+        try:
+            reply = await workflow.execute_activity(
+                MODEL_CALL_ACTIVITY,
+                ModelCallInput(
+                    step_id=step.id,
+                    model=step.model,
+                    messages=self._messages,
+                    tools=step.tools,
+                    parallel_tool_calls=step.tool_calls == "parallel",
+                    output_schema=step.output_schema,
+                    call_number=number,
+                ),
+                result_type=ModelCallOutput,
+                summary=f"{step.id} · model call {number}",
+                **activity_options(input.model_retry, input.model_timeout),
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError(str(err.cause)) from None
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                self._fail(f"model call {number} failed: {cause.message}", cause.type or "Error")
+            self._fail(f"model call {number} failed: {cause or err}", type(cause or err).__name__)
+        self._usage = self._usage.plus(reply.usage)
+        self._model = reply.model
+        return reply
+
+    async def _run_tools(
+        self, input: AgentStepInput, number: int, calls: list[PlannedToolCall]
+    ) -> list[ChatMessage]:
+        """Run the valid calls; every call, run or not, gets a result message, in order."""
+        if input.step.tool_calls == "parallel":
+            return list(await asyncio.gather(*(self._run_tool(input, number, c) for c in calls)))
+        return [await self._run_tool(input, number, call) for call in calls]
+
+    async def _run_tool(
+        self, input: AgentStepInput, number: int, call: PlannedToolCall
+    ) -> ChatMessage:
+        if call.error is not None or call.arguments is None:
+            return tool_error(call.id, call.error or "the call was not understood")
+        step = input.step
+        self._tool_calls += 1
+        try:
+            result: ToolCallOutput = await workflow.execute_activity(
+                tool_activity_name(call.name),
+                ToolCallInput(
+                    step_id=step.id,
+                    tool=call.name,
+                    args=call.arguments,
+                    idempotency_key=f"{input.idempotency_prefix}/call-{number}/{call.id}",
+                ),
+                result_type=ToolCallOutput,
+                summary=f"{step.id} · tool {call.name}",
+                **activity_options(input.tool_retry, input.tool_timeout),
+            )
+        except ActivityError as err:
+            cause: Any = err.cause
+            if isinstance(cause, CancelledError):
+                raise asyncio.CancelledError(str(cause)) from None
+            if isinstance(cause, ApplicationError):
+                return tool_error(call.id, f"{cause.type}: {cause.message}")
+            return tool_error(call.id, f"{type(cause).__name__}: {cause}")
+        return tool_result(call.id, result.output)
