@@ -25,6 +25,17 @@ TEST_TOOL_MODULE = "tests.support.tools"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real (paid) model, whatever the developer's shell exports.
+
+    Agent steps answer from the offline model, or from `model_server` where a
+    test asks for it.
+    """
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(

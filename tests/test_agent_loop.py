@@ -6,9 +6,11 @@ server on 127.0.0.1; every tool call is a real activity on the real server.
 
 from __future__ import annotations
 
+import time
+
 from client.api import StepflowClient
-from tests.support.helpers import agent, pipeline
-from tests.support.model_server import ScriptedModelServer, text, tool_calls
+from tests.support.helpers import agent, pipeline, step
+from tests.support.model_server import ScriptedModelServer, hang, text, tool_calls
 from tests.support.tools import journal_read
 from workflows.models import StepStatus
 
@@ -143,3 +145,22 @@ async def test_max_model_calls_fails_the_step_with_an_error_that_says_so(
     assert [e["event"] for e in journal_read(journal)].count("start") == 2
     assert record.usage is not None and record.usage.model_calls == 3
     assert result.usage.model_calls == 3
+
+
+async def test_a_failing_pipeline_cancels_its_running_agent_steps(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer, journal: str
+) -> None:
+    model_server.play(hang(60))
+    spec = pipeline(
+        agent("slow"),
+        step("wait", "record", args={"journal": journal, "seconds": 0.5}),
+        step("boom", "fail", depends_on=["wait"], args={"message": "no", "non_retryable": True}),
+    )
+    started = time.monotonic()
+    result = await stepflow.run_pipeline(spec)
+
+    assert time.monotonic() - started < 20  # not the 60 s the model would have taken
+    assert result.step("boom").status is StepStatus.FAILED
+    slow = result.step("slow")
+    assert slow.status is StepStatus.CANCELLED
+    assert slow.reason == "pipeline failed at step 'boom'"
