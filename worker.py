@@ -1,4 +1,4 @@
-"""The Stepflow worker: runs pipeline workflows and tool activities from task queue `stepflow`.
+"""The Stepflow worker: runs pipeline and agent workflows, model calls and tools.
 
     python worker.py          # connect per TEMPORAL_* settings (default localhost:7233)
     python worker.py --dev    # first start the embedded dev server if nothing listens on 7233
@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.model_call import model_call
+from activities.model_endpoint import ModelNotConfigured, resolve_endpoint
 from activities.registry import ToolDefinition, load_tool_modules
 from activities.tool_activities import tool_activities
 from runtime import exit_now
@@ -65,6 +66,17 @@ def build_worker(
     )
 
 
+def _describe_default_model(settings: Settings) -> str:
+    """Say at start-up whether agent steps will reach a real model, without naming any key."""
+    try:
+        endpoint = resolve_endpoint(None, settings)
+    except ModelNotConfigured as err:
+        return f"not usable: {err}"
+    if endpoint.offline:
+        return "offline (built-in, deterministic; set OPENAI_API_KEY or OPENAI_BASE_URL)"
+    return f"{endpoint.name} at {endpoint.base_url or 'api.openai.com'}"
+
+
 async def serve(settings: Settings) -> None:
     client = await connect()
     tools = load_tool_modules(settings.tool_modules)
@@ -79,6 +91,7 @@ async def serve(settings: Settings) -> None:
             task_queue=worker.task_queue,
             namespace=client.namespace,
             tools=[t.name for t in tools],
+            default_model=_describe_default_model(settings),
         )
         await stop.wait()
         log.info("stepflow worker stopping: running activities get up to 10 s to finish")

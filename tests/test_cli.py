@@ -132,3 +132,26 @@ async def test_tools_lists_builtins_and_user_tools(cli_env: dict[str, str]) -> N
     assert done.code == 0, done.stderr
     names = {t["name"] for t in json.loads(done.stdout)}
     assert {"read_file", "write_file", "http_get", "echo", "flaky"} <= names
+
+
+AGENT = """
+name: cli-agent
+steps:
+  - id: summarize
+    kind: agent
+    instructions: Summarize the input in one sentence; count its words with word_count.
+    input: {text: "the quick brown fox"}
+    tools: [word_count]
+"""
+
+
+async def test_run_shows_which_model_answered_and_the_tokens(
+    worker: None, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(AGENT)
+    done = await stepflow_cli({**cli_env, "COLUMNS": "200"}, "run", str(path))
+    assert done.code == 0, done.stderr
+    assert "offline, 2 calls, 1 tool call" in done.stdout
+    assert re.search(r"2 model calls, [\d,]+ prompt \+ [\d,]+ completion", done.stdout)
+    assert "answered by the built-in offline model" in done.stdout

@@ -1,0 +1,186 @@
+"""Record the workflow histories that `tests/test_replay.py` replays.
+
+    python -m tests.support.record_histories [SCENARIO ...]   # default: all
+
+Runs each pipeline below on a fresh dev server, against the offline model or
+the scripted model server, and writes the history of the pipeline and of each
+agent step's child workflow to `tests/histories/`. Re-record only on purpose:
+the point of the committed files is that today's workflow code must replay
+yesterday's runs. A change that cannot replay them needs `workflow.patched()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.registry import load_tool_modules
+from client.api import StepflowClient
+from client.loading import load_spec_file
+from runtime.devserver import temporal_binary, tuned_flags
+from runtime.settings import Settings
+from tests.support.helpers import agent, pipeline, step
+from tests.support.model_server import ScriptedModelServer, json_answer, tool_calls
+from worker import build_worker
+from workflows.models import PipelineSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+HISTORIES = ROOT / "tests" / "histories"
+
+Scenario = Callable[[StepflowClient, ScriptedModelServer], Awaitable[str]]
+
+
+async def _run(stepflow: StepflowClient, name: str, spec: PipelineSpec | Path) -> str:
+    run = await stepflow.start_pipeline(spec, workflow_id=f"{name}-{uuid.uuid4().hex[:8]}")
+    await stepflow.get_result(run.workflow_id)
+    return run.workflow_id
+
+
+async def tools_dag(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    spec = pipeline(
+        step("a", "echo", args={"value": {"n": 1}}),
+        step("b", "echo", depends_on=["a"], args={"value": "{{ steps.a.output.n }}"}),
+        step(
+            "c",
+            "fail",
+            depends_on=["a"],
+            args={"message": "x", "non_retryable": True},
+            on_failure={"fallback": 0},
+        ),
+        step("d", "fail", args={"message": "y", "non_retryable": True}, on_failure="continue"),
+        step("e", "echo", depends_on=["d"]),
+        step("f", "echo", depends_on=["b", "c"], args={"value": "{{ steps.c.output }}"}),
+        name="tools-dag",
+    )
+    return await _run(stepflow, "tools-dag", spec)
+
+
+async def agent_scripted(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """Tool calls (one refused, two run in parallel), a repaired answer, a downstream step."""
+    server.play(
+        tool_calls(("echo", {"value": 1}), ("echo", {"value": 2}), ("nope", {})),
+        tool_calls(("echo", '{"value": '), content="thinking"),
+        json_answer({"verdict": "maybe"}),
+        json_answer({"verdict": "approve"}),
+    )
+    spec = pipeline(
+        agent(
+            "review",
+            tools=["echo"],
+            input={"draft": "text"},
+            output_schema={
+                "type": "object",
+                "properties": {"verdict": {"enum": ["approve", "reject"]}},
+                "required": ["verdict"],
+            },
+        ),
+        step("after", "echo", depends_on=["review"], args={"value": "{{ steps.review.output }}"}),
+        name="agent-scripted",
+    )
+    return await _run(stepflow, "agent-scripted", spec)
+
+
+async def agent_offline_full_context(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    spec = pipeline(
+        step("facts", "echo", args={"value": {"text": "tides follow the moon"}}),
+        agent(
+            "count",
+            "Count words with word_count.",
+            tools=["word_count"],
+            model="offline",
+            depends_on=["facts"],
+            input="{{ steps.facts.output }}",
+        ),
+        agent("sum_up", "Sum up.", model="offline", depends_on=["count"]),
+        context="full",
+        name="agent-offline-full",
+    )
+    return await _run(stepflow, "agent-offline-full", spec)
+
+
+def _example(path: str) -> Scenario:
+    async def scenario(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+        return await _run(stepflow, Path(path).stem.replace("_", "-"), load_spec_file(ROOT / path))
+
+    return scenario
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "tools-dag": tools_dag,
+    "agent-scripted": agent_scripted,
+    "agent-offline-full": agent_offline_full_context,
+    "example-research-report": _example("examples/research_report.yaml"),
+    "example-code-task": _example("examples/code_task.yaml"),
+}
+
+
+async def _children(client: Client, workflow_id: str) -> list[str]:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
+    ]
+
+
+async def _save(client: Client, name: str, workflow_id: str) -> list[Path]:
+    written = []
+    for suffix, wf_id in [("", workflow_id)] + [
+        (f".{child.rsplit('/', 1)[-1]}", child) for child in await _children(client, workflow_id)
+    ]:
+        history = await client.get_workflow_handle(wf_id).fetch_history()
+        path = HISTORIES / f"{name}{suffix}.json"
+        # The id goes with the history: a child's commands name children by the parent's id.
+        saved = {"workflow_id": wf_id, "history": history.to_json_dict()}
+        path.write_text(json.dumps(saved, indent=1) + "\n")
+        written.append(path)
+    return written
+
+
+async def main(names: list[str]) -> None:
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    workspace = tempfile.mkdtemp(prefix="stepflow-record-")
+    os.environ.update(
+        STEPFLOW_TOOL_MODULES="tests.support.tools,examples.tools",
+        STEPFLOW_WORKSPACE=workspace,
+        STEPFLOW_TASK_QUEUE=f"record-{uuid.uuid4()}",
+    )
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
+        os.environ.pop(name, None)
+    settings = Settings()
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=tuned_flags(),
+    )
+    try:
+        stepflow = StepflowClient(env.client, settings=settings)
+        tools = load_tool_modules(settings.tool_modules)
+        async with build_worker(env.client, settings, tools=tools):
+            for name in names or list(SCENARIOS):
+                scenario = SCENARIOS[name]
+                with ScriptedModelServer() as server:
+                    os.environ["OPENAI_BASE_URL"] = server.base_url
+                    os.environ["OPENAI_API_KEY"] = "sk-recording-not-a-real-key"
+                    if name.startswith(("example-", "agent-offline")):
+                        del os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+                    workflow_id = await scenario(stepflow, server)
+                for path in await _save(env.client, name, workflow_id):
+                    print(f"wrote {path.relative_to(ROOT)}")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

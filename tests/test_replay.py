@@ -1,0 +1,34 @@
+"""Today's workflow code replays the committed histories of earlier runs without a difference.
+
+A failure here means a change to workflow code would break runs that are in
+flight when it is deployed: guard the change with `workflow.patched()`.
+New histories come from `python -m tests.support.record_histories`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from worker import WORKFLOWS
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_there_are_histories_of_pipelines_and_agent_steps() -> None:
+    names = {path.stem for path in HISTORIES}
+    assert "tools-dag" in names and "agent-scripted.review" in names
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_history_replays(path: Path) -> None:
+    saved = json.loads(path.read_text())
+    history = WorkflowHistory.from_json(saved["workflow_id"], saved["history"])
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
