@@ -12,12 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: start the dev server (Web UI on :8233) and a worker, run the example pipeline
+## demo: start the dev server (Web UI on :8233) and a worker, run the two example pipelines
 demo: export STEPFLOW_TOOL_MODULES ?= examples.tools
 demo: $(STAMP)
 	$(BIN)/stepflow dev start
 	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"
-	@echo "The server keeps running so the link works; 'make stop' stops it."
+	$(BIN)/stepflow run examples/code_task.yaml
+	@echo "Their files are in $${STEPFLOW_WORKSPACE:-.stepflow/workspace} (reports/, todo-app/)."
+	@echo "The server keeps running so the links work; 'make stop' stops it."
 
 ## stop: stop the background worker and dev server that `make demo` started
 stop:
