@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -74,7 +75,11 @@ def _describe_default_model(settings: Settings) -> str:
         return f"not usable: {err}"
     if endpoint.offline:
         return "offline (built-in, deterministic; set OPENAI_API_KEY or OPENAI_BASE_URL)"
-    return f"{endpoint.name} at {endpoint.base_url or 'api.openai.com'}"
+    where = "api.openai.com"
+    if endpoint.base_url:  # without any user:password@ or ?token= it may carry
+        url = urllib.parse.urlsplit(endpoint.base_url)
+        where = f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}{url.path}"
+    return f"{endpoint.name} at {where}"
 
 
 async def serve(settings: Settings) -> None:

@@ -52,6 +52,9 @@ RETRYABLE_STATUS = {408, 409, 429}
 MAX_RETRY_AFTER = timedelta(minutes=15)
 """A longer Retry-After is capped: the step's own timeouts should decide, not a header."""
 
+REQUEST_DEADLINE_MARGIN = 1.0
+"""Seconds before the attempt's deadline at which the HTTP request gives up."""
+
 HEARTBEAT_EVERY = 5.0
 """Seconds between heartbeats while the model thinks (the SDK throttles them further)."""
 
@@ -63,13 +66,17 @@ MODEL_CONNECTION_ERROR = "ModelConnectionError"
 MODEL_REQUEST_REJECTED = "ModelRequestRejected"
 MODEL_NOT_CONFIGURED = "ModelNotConfigured"
 INVALID_OUTPUT_SCHEMA = "InvalidOutputSchema"
+MODEL_REPLY_INVALID = "ModelReplyInvalid"
 
-_clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
+_clients: dict[tuple[int, str | None, str | None], openai.AsyncOpenAI] = {}
 
 
 def _client(endpoint: ModelEndpoint) -> openai.AsyncOpenAI:
-    """One client (one connection pool) per address and key, for the worker's lifetime."""
-    key = (endpoint.base_url, endpoint.api_key)
+    """One client (one connection pool) per event loop, address and key.
+
+    Per loop, because a pool's connections belong to the loop that opened them.
+    """
+    key = (id(asyncio.get_running_loop()), endpoint.base_url, endpoint.api_key)
     client = _clients.get(key)
     if client is None:
         client = openai.AsyncOpenAI(
@@ -110,16 +117,24 @@ def _request_messages(
 
 
 async def _with_heartbeats(work: Awaitable[T]) -> T:
-    """Await `work`, heartbeating meanwhile, so a lost worker's call is retried promptly."""
+    """Await `work`, heartbeating meanwhile, so a lost worker's call is retried promptly.
+
+    A cancel (the step or pipeline was cancelled) reaches the activity with a
+    heartbeat's response and ends the HTTP request with it.
+    """
+    timeout = activity.info().heartbeat_timeout
+    every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 3) if timeout else HEARTBEAT_EVERY
     task = asyncio.ensure_future(work)
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+            done, _ = await asyncio.wait({task}, timeout=every)
             if done:
                 return task.result()
             activity.heartbeat()
     finally:
-        task.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def _retry_after(headers: Mapping[str, str]) -> timedelta | None:
@@ -209,24 +224,40 @@ async def _complete(
             "type": "json_schema",
             "json_schema": {"name": "step_output", "schema": schema.json_schema},
         }
-    timeout = activity.info().start_to_close_timeout
-    if timeout:  # end the HTTP request with the attempt, so a hung response is retried
-        request["timeout"] = timeout.total_seconds()
+    request["timeout"] = _request_timeout()
     completion = await _client(endpoint).chat.completions.create(**request)
+    if not completion.choices:
+        raise ApplicationError(
+            "the model API answered with no choices",
+            {"attempt": activity.info().attempt},
+            type=MODEL_REPLY_INVALID,
+            non_retryable=True,
+        )
     message = completion.choices[0].message
-    raw: ChatMessage = {"role": "assistant", "content": message.content}
+    # Content is required back in the chat when there are no tool calls: never None.
+    raw: ChatMessage = {"role": "assistant", "content": message.content or ""}
     if message.tool_calls:
-        raw["tool_calls"] = [
-            {
-                "id": tc.id,
-                "type": "function",
-                "function": {"name": tc.function.name, "arguments": tc.function.arguments},
-            }
-            for tc in message.tool_calls
-            if tc.type == "function"
-        ]
+        raw["tool_calls"] = [tc.model_dump(exclude_none=True) for tc in message.tool_calls]
     usage = completion.usage.model_dump() if completion.usage else {}
     return raw, _usage(usage)
+
+
+def _request_timeout() -> float:
+    """Seconds the HTTP request may take: until just before this attempt's deadline.
+
+    Ending first means the attempt fails as a `ModelTimeout` the retry policy
+    sees, rather than being abandoned by Temporal with the request still open.
+    """
+    info = activity.info()
+    deadlines = []
+    if info.start_to_close_timeout:
+        deadlines.append(info.started_time + info.start_to_close_timeout)
+    if info.schedule_to_close_timeout:
+        deadlines.append(info.scheduled_time + info.schedule_to_close_timeout)
+    if not deadlines:
+        return 600.0
+    left = (min(deadlines) - datetime.now(UTC)).total_seconds()
+    return max(left - REQUEST_DEADLINE_MARGIN, 1.0)
 
 
 def _usage(usage: dict[str, Any]) -> TokenUsage:
@@ -243,6 +274,9 @@ def check_tool_call(raw: dict[str, Any], allowed: list[str]) -> PlannedToolCall:
     function = raw.get("function") or {}
     name = str(function.get("name") or "")
     call = PlannedToolCall(id=str(raw.get("id") or ""), name=name)
+    if raw.get("type", "function") != "function":
+        call.error = f"tool calls of type {raw.get('type')!r} are not supported; call a function"
+        return call
     defn = get_tool(name) if name in allowed else None
     if defn is None:
         available = ", ".join(allowed) or "none"
@@ -279,7 +313,9 @@ async def model_call(call: ModelCallInput) -> ModelCallOutput:
     except ModelNotConfigured as err:
         raise ApplicationError(str(err), type=MODEL_NOT_CONFIGURED, non_retryable=True) from None
     except OutputSchemaError as err:
-        raise ApplicationError(str(err), type=INVALID_OUTPUT_SCHEMA, non_retryable=True) from None
+        # The client resolved it before the run started, so this worker lacks the module:
+        # retryable, so that deploying it (or a worker that has it) heals the run.
+        raise ApplicationError(str(err), type=INVALID_OUTPUT_SCHEMA) from None
     bound = structlog.contextvars.bound_contextvars(
         workflow_id=info.workflow_id,
         step_id=call.step_id,

@@ -34,6 +34,12 @@ class ResolvedSchema:
 
     def check(self, answer: str | None) -> tuple[Any, str | None]:
         """Parse a final answer: `(value, None)` when it matches, `(None, why)` when not."""
+        try:
+            return self._check(answer)
+        except Exception as err:  # a validator that raises, a $ref that does not resolve
+            return None, f"the answer could not be checked: {type(err).__name__}: {err}"
+
+    def _check(self, answer: str | None) -> tuple[Any, str | None]:
         text = answer or ""
         fenced = _FENCE.match(text)  # models like to wrap JSON in a code fence
         if fenced:
@@ -78,7 +84,7 @@ def _import_model(path: str) -> type[BaseModel]:
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
+    except Exception as err:  # ImportError, and whatever the module raises as it loads
         raise OutputSchemaError(
             f"output_schema {path!r}: cannot import {module_name!r}: {err}"
         ) from None

@@ -6,11 +6,15 @@ server on 127.0.0.1; every tool call is a real activity on the real server.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+
+from temporalio.client import Client
 
 from client.api import StepflowClient
 from tests.support.helpers import agent, pipeline, step
-from tests.support.model_server import ScriptedModelServer, hang, text, tool_calls
+from tests.support.model_server import ScriptedModelServer, ToolCall, hang, text, tool_calls
 from tests.support.tools import journal_read
 from workflows.models import StepStatus
 
@@ -164,3 +168,72 @@ async def test_a_failing_pipeline_cancels_its_running_agent_steps(
     slow = result.step("slow")
     assert slow.status is StepStatus.CANCELLED
     assert slow.reason == "pipeline failed at step 'boom'"
+
+
+async def test_cancelling_one_agent_step_from_outside_is_that_steps_failure(
+    worker: None,
+    stepflow: StepflowClient,
+    model_server: ScriptedModelServer,
+    temporal_client: Client,
+) -> None:
+    model_server.play(hang(60))
+    spec = pipeline(
+        agent("slow", on_failure="continue"),
+        agent("after_slow", depends_on=["slow"]),
+        step("independent", "echo", args={"value": 1}),
+    )
+    run = await stepflow.start_pipeline(spec)
+    # The model server runs in threads: poll what it has seen until the call is under way.
+    while not model_server.requests:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await temporal_client.get_workflow_handle(f"{run.workflow_id}/slow").cancel()
+    result = await stepflow.get_result(run.workflow_id)
+
+    assert result.step("slow").status is StepStatus.CANCELLED
+    assert result.step("after_slow").status is StepStatus.SKIPPED
+    assert result.step("independent").status is StepStatus.SUCCEEDED
+
+
+async def test_calls_with_the_same_id_still_get_their_own_idempotency_keys(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer, journal: str
+) -> None:
+    model_server.play(
+        tool_calls(
+            ToolCall("record", json.dumps({"journal": journal, "value": 1}), id="dup"),
+            ToolCall("record", json.dumps({"journal": journal, "value": 2}), id="dup"),
+        ),
+        text("done"),
+    )
+    result = await stepflow.run_pipeline(pipeline(agent("a", tools=["record"])))
+
+    assert result.step("a").status is StepStatus.SUCCEEDED
+    keys = {e["key"] for e in journal_read(journal)}
+    assert len(keys) == 2 and all(k.endswith(("/a/call-1.1", "/a/call-1.2")) for k in keys)
+
+
+async def test_a_huge_tool_result_is_cut_before_it_reaches_the_model(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer, journal: str
+) -> None:
+    model_server.play(
+        tool_calls(("record", {"journal": journal, "value": "y" * 150_000})), text("ok")
+    )
+    result = await stepflow.run_pipeline(pipeline(agent("a", tools=["record"])))
+
+    assert result.step("a").status is StepStatus.SUCCEEDED
+    content = model_server.requests[1].messages[-1]["content"]
+    assert content.startswith("y" * 100_000)
+    assert content.endswith("[... 50,000 more characters cut by Stepflow]")
+
+
+async def test_a_conversation_too_large_for_temporal_fails_the_step_clearly(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer, journal: str
+) -> None:
+    big = {"journal": journal, "value": "z" * 400_000}
+    model_server.respond_with(lambda request: tool_calls(("record", big)))
+    result = await stepflow.run_pipeline(pipeline(agent("a", tools=["record"])))
+
+    record = result.step("a")
+    assert record.status is StepStatus.FAILED
+    assert record.error_type == "ConversationTooLarge"
+    assert "over the 1,500,000 a model call may carry" in (record.error or "")
+    assert len(model_server.requests) == 3

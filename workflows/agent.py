@@ -20,6 +20,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from workflows.activity_options import activity_options
     from workflows.conversation import (
+        MAX_CONVERSATION_BYTES,
+        conversation_size,
         first_user_message,
         repair_request,
         tool_error,
@@ -42,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
 
 MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
 OUTPUT_INVALID = "OutputSchemaMismatch"
+CONVERSATION_TOO_LARGE = "ConversationTooLarge"
 
 
 @workflow.defn(name=AGENT_STEP_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
@@ -113,6 +116,15 @@ class AgentStepWorkflow:
 
     async def _call_model(self, input: AgentStepInput, number: int) -> ModelCallOutput:
         step = input.step
+        size = conversation_size(self._messages)
+        if size > MAX_CONVERSATION_BYTES:
+            # Past Temporal's payload limit the call could never be scheduled; fail clearly instead.
+            self._fail(
+                f"the conversation has grown to {size:,} bytes, over the "
+                f"{MAX_CONVERSATION_BYTES:,} a model call may carry; give the step tools with "
+                "smaller outputs, or fewer model calls",
+                CONVERSATION_TOO_LARGE,
+            )
         try:
             reply = await workflow.execute_activity(
                 MODEL_CALL_ACTIVITY,
@@ -144,12 +156,15 @@ class AgentStepWorkflow:
         self, input: AgentStepInput, number: int, calls: list[PlannedToolCall]
     ) -> list[ChatMessage]:
         """Run the valid calls; every call, run or not, gets a result message, in order."""
+        numbered = list(enumerate(calls, start=1))
         if input.step.tool_calls == "parallel":
-            return list(await asyncio.gather(*(self._run_tool(input, number, c) for c in calls)))
-        return [await self._run_tool(input, number, call) for call in calls]
+            return list(
+                await asyncio.gather(*(self._run_tool(input, number, i, c) for i, c in numbered))
+            )
+        return [await self._run_tool(input, number, i, call) for i, call in numbered]
 
     async def _run_tool(
-        self, input: AgentStepInput, number: int, call: PlannedToolCall
+        self, input: AgentStepInput, number: int, index: int, call: PlannedToolCall
     ) -> ChatMessage:
         if call.error is not None or call.arguments is None:
             return tool_error(call.id, call.error or "the call was not understood")
@@ -162,7 +177,8 @@ class AgentStepWorkflow:
                     step_id=step.id,
                     tool=call.name,
                     args=call.arguments,
-                    idempotency_key=f"{input.idempotency_prefix}/call-{number}/{call.id}",
+                    # By position, not the model's call id: models repeat ids, keys must not.
+                    idempotency_key=f"{input.idempotency_prefix}/call-{number}.{index}",
                 ),
                 result_type=ToolCallOutput,
                 summary=f"{step.id} · tool {call.name}",

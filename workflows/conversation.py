@@ -15,6 +15,12 @@ INPUT_HEADER = "Input:\n"
 CONTEXT_HEADER = "\n\nOutput of step {step_id!r}:\n"
 REPAIR_PREFIX = "Your answer did not match the output schema"
 
+MAX_TOOL_RESULT_CHARS = 100_000
+"""A longer tool result is cut: every later model call carries it again, in history too."""
+
+MAX_CONVERSATION_BYTES = 1_500_000
+"""Below Temporal's 2 MB payload limit, with room for the rest of the model call's input."""
+
 
 def as_text(value: Any) -> str:
     """Text as it is; anything else as indented JSON."""
@@ -34,7 +40,16 @@ def first_user_message(step_input: Any, context: dict[str, Any]) -> ChatMessage:
 
 
 def tool_result(call_id: str, output: Any) -> ChatMessage:
-    return {"role": "tool", "tool_call_id": call_id, "content": as_text(output)}
+    text = as_text(output)
+    if len(text) > MAX_TOOL_RESULT_CHARS:
+        cut = len(text) - MAX_TOOL_RESULT_CHARS
+        text = f"{text[:MAX_TOOL_RESULT_CHARS]}\n[... {cut:,} more characters cut by Stepflow]"
+    return {"role": "tool", "tool_call_id": call_id, "content": text}
+
+
+def conversation_size(messages: list[ChatMessage]) -> int:
+    """Bytes of the conversation as JSON: what a model call's input will weigh."""
+    return len(json.dumps(messages, ensure_ascii=False).encode())
 
 
 def tool_error(call_id: str, error: str) -> ChatMessage:

@@ -120,6 +120,8 @@ class PipelineWorkflow:
         self._outputs: dict[str, Any] = {}
         self._transcripts: list[ChatMessage] = []
         self._fatal: str | None = None
+        self._cancelling = False
+        """Set once the pipeline cancels its steps; a cancel from outside fails just one step."""
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -205,6 +207,7 @@ class PipelineWorkflow:
                     blocked.append((dependent, StepStatus.SKIPPED))
 
     async def _cancel_all(self, running: dict[str, asyncio.Task[None]], reason: str) -> None:
+        self._cancelling = True
         for task in running.values():
             task.cancel()
         for step_id, task in list(running.items()):
@@ -292,7 +295,14 @@ class PipelineWorkflow:
         except ChildWorkflowError as err:
             cause = err.cause
             if isinstance(cause, CancelledError):
-                raise asyncio.CancelledError(str(cause)) from None
+                if self._cancelling:
+                    raise asyncio.CancelledError(str(cause)) from None
+                # Someone cancelled just this step (Web UI, CLI): it ends, the pipeline goes on
+                # as its on_failure says.
+                raise _StepFailed(
+                    StepStatus.CANCELLED, "the agent step was cancelled", "Cancelled", 1
+                ) from None
+
             if isinstance(cause, ApplicationError):
                 details = cause.details[0] if cause.details else None
                 raise _StepFailed(
