@@ -42,6 +42,7 @@ pytest: $(STAMP)
 ## bench: the side-by-side measurements (not part of `make test`)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/context.py
 
 clean: stop
 	rm -rf $(VENV) .stepflow .pytest_cache .mypy_cache .ruff_cache
