@@ -56,7 +56,8 @@ Behaviour:
   (merged), ``$ref`` into ``$defs``/``definitions`` (any local JSON pointer),
   ``minLength``/``maxLength`` (padded with "." or truncated),
   ``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``/
-  ``multipleOf``, ``uniqueItems`` (items made distinct where possible) and
+  ``multipleOf``, array items made distinct where possible (string "(2)", "(3)"
+  suffixes, the next enum value or number) and
   ``format`` (date-time ``2024-01-01T00:00:00Z``, date ``2024-01-01``, email
   ``offline@example.com``, uri ``https://example.com/offline`` and a few
   more). ``additionalProperties`` and ``pattern`` are ignored. Strings are
@@ -286,7 +287,7 @@ class _Synthesizer:
         if kind == "array":
             return self.array(schema, depth, nest)
         if kind == "object":
-            return self.object(schema, depth, nest)
+            return self.object(schema, depth, nest, variant)
         return self.string(schema, variant)
 
     def pick_branch(self, branches: list[Any], depth: int, nest: int) -> dict[str, Any]:
@@ -328,7 +329,6 @@ class _Synthesizer:
         items = schema.get("items", {})
         if isinstance(items, list):  # draft 4-7 tuple form
             prefix, items = items, schema.get("additionalItems", {})
-        unique = schema.get("uniqueItems") is True
         result: list[Any] = []
         for index in range(count):
             if index < len(prefix):
@@ -337,11 +337,13 @@ class _Synthesizer:
                 break
             else:
                 item_schema = items
-            variant = index if unique else 0
-            result.append(self.gen(item_schema, depth + 1, nest + 1, variant))
+            # Items differ (strings get "(2)", "(3)", ...), as a real list's would.
+            result.append(self.gen(item_schema, depth + 1, nest + 1, index))
         return result
 
-    def object(self, schema: dict[str, Any], depth: int, nest: int) -> dict[str, Any]:
+    def object(
+        self, schema: dict[str, Any], depth: int, nest: int, variant: int = 0
+    ) -> dict[str, Any]:
         properties = schema.get("properties")
         properties = properties if isinstance(properties, dict) else {}
         required = schema.get("required")
@@ -354,7 +356,7 @@ class _Synthesizer:
             if name in self.hints and self.validates(self.hints[name], sub):
                 result[name] = self.hints[name]
             elif name in required:
-                result[name] = self.gen(sub, depth + 1, nest + 1, 0)
+                result[name] = self.gen(sub, depth + 1, nest + 1, variant)
         return result
 
 
