@@ -44,13 +44,11 @@ if str(ROOT) not in sys.path:  # `examples` is not installed: import it from the
     sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.registry import load_tool_modules  # noqa: E402
 from client.api import StepflowClient  # noqa: E402
 from client.loading import load_spec_file  # noqa: E402
-from runtime.devserver import temporal_binary, tuned_flags  # noqa: E402
+from runtime.devserver import start_ephemeral_environment  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from worker import build_worker  # noqa: E402
 from workflows.models import (  # noqa: E402
@@ -95,11 +93,7 @@ class StepTokens:
 async def run_both(spec: PipelineSpec, settings: Settings) -> dict[str, PipelineResult]:
     tools = load_tool_modules(settings.tool_modules)
     queue = f"bench-context-{uuid.uuid4().hex[:8]}"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=tuned_flags(),
-    )
+    env = await start_ephemeral_environment()
     results: dict[str, PipelineResult] = {}
     try:
         stepflow = StepflowClient(env.client, settings=settings)

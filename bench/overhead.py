@@ -59,14 +59,12 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.api.enums.v1 import EventType
     from temporalio.api.history.v1 import HistoryEvent
     from temporalio.client import Client, WorkflowHandle
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
     from activities.registry import ToolDefinition, load_tool_modules
     from activities.tool_activities import tool_activities
     from client.api import StepflowClient
-    from runtime.devserver import temporal_binary, tuned_flags
+    from runtime.devserver import start_ephemeral_environment
     from runtime.settings import Settings
     from worker import WORKFLOWS
     from workflows.models import (
@@ -329,11 +327,7 @@ async def bench(steps: int, repeat: int) -> None:
     tools = load_tool_modules(settings.tool_modules)
     queue = f"bench-{uuid.uuid4().hex[:8]}"
 
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=tuned_flags(),
-    )
+    env = await start_ephemeral_environment()
     try:
         client = env.client
         stepflow = StepflowClient(client, settings=settings)

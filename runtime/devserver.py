@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
 from runtime.settings import Settings
 
 GRPC_PORT = 7233
@@ -57,6 +60,18 @@ def tuned_flags() -> list[str]:
     for name, kind in SEARCH_ATTRIBUTES.items():
         flags += ["--search-attribute", f"{name}={kind}"]
     return flags
+
+
+async def start_ephemeral_environment() -> WorkflowEnvironment:
+    """A throwaway in-memory dev server on free ports, tuned, with Stepflow's data converter.
+
+    What the tests, the benchmarks and the history recorder run against.
+    """
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=tuned_flags(),
+    )
 
 
 def dev_server_args(*, db_file: Path | None, port: int, ui_port: int | None) -> list[str]:

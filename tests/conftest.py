@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.registry import load_tool_modules
 from client.api import StepflowClient
-from runtime.devserver import temporal_binary, tuned_flags
+from runtime.devserver import start_ephemeral_environment
 from runtime.settings import Settings
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer
 from worker import build_worker
@@ -38,11 +37,7 @@ def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=tuned_flags(),
-    )
+    env = await start_ephemeral_environment()
     try:
         yield env
     finally:

@@ -241,8 +241,9 @@ DEFAULT_MODEL_HEARTBEAT = timedelta(seconds=30)
 
 
 def model_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
-    layers = _layered(BUILTIN_RETRY, BUILTIN_MODEL_RETRY, defaults.retry, step.retry)
-    return RetrySpec.model_validate(layers | _layered(step.model_retry))
+    return RetrySpec.model_validate(
+        _layered(BUILTIN_RETRY, BUILTIN_MODEL_RETRY, defaults.retry, step.retry, step.model_retry)
+    )
 
 
 def model_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:

@@ -233,11 +233,9 @@ class PipelineWorkflow:
             if isinstance(step, AgentStep):
                 agent = await self._run_agent(spec, step, inputs)
                 output, record.attempts = agent.output, 1
-                record.model, record.usage, record.tool_calls = (
-                    agent.model,
-                    agent.usage,
-                    agent.tool_calls,
-                )
+                record.model = agent.model
+                record.usage = agent.usage
+                record.tool_calls = agent.tool_calls
                 self._transcripts.extend(agent.transcript or [])
             else:
                 called = await self._call_tool(spec, step, inputs)

@@ -22,13 +22,11 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from client.loading import load_spec_file
-from runtime.devserver import temporal_binary, tuned_flags
+from runtime.devserver import start_ephemeral_environment
 from runtime.settings import Settings
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer, tool_calls
@@ -159,11 +157,7 @@ async def main(names: list[str]) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
         os.environ.pop(name, None)
     settings = Settings()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=tuned_flags(),
-    )
+    env = await start_ephemeral_environment()
     try:
         stepflow = StepflowClient(env.client, settings=settings)
         tools = load_tool_modules(settings.tool_modules)
