@@ -21,6 +21,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import progress
 from activities.model_call import model_call
 from activities.model_endpoint import ModelNotConfigured, resolve_endpoint
 from activities.registry import ToolDefinition, load_tool_modules
@@ -55,6 +56,7 @@ def build_worker(
     """
     if tools is None:
         tools = load_tool_modules(settings.tool_modules)
+    progress.install(client)  # retried activities report through it, sync tools too
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

@@ -33,6 +33,7 @@ from activities.output_schema import (
     resolve_output_schema,
     schema_instructions,
 )
+from activities.progress import report_retry
 from activities.registry import get_tool
 from runtime.settings import get_settings
 from workflows.models import (
@@ -307,6 +308,7 @@ async def model_call(call: ModelCallInput) -> ModelCallOutput:
     """Ask the step's model for its next move; check it; report the tokens."""
     info = activity.info()
     settings = get_settings()
+    report_retry(call.step_id, call.report_to, call.call_number)
     try:
         endpoint = resolve_endpoint(call.model, settings)
         schema = resolve_output_schema(call.output_schema) if call.output_schema else None

@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import ToolContext, ToolError, _enter, _exit
+from activities.progress import report_retry
 from activities.registry import ToolDefinition
 from runtime.settings import get_settings
 from workflows.models import ToolCallInput, ToolCallOutput, tool_activity_name
@@ -39,6 +40,7 @@ def _start(defn: ToolDefinition, call: ToolCallInput) -> tuple[dict[str, Any], A
         tool=defn.name,
         attempt=info.attempt,
     )
+    report_retry(call.step_id, call.report_to)
     try:
         kwargs = defn.validate_args(call.args)
     except ValidationError as err:

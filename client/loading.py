@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from activities.output_schema import OutputSchemaError, resolve_output_schema
 from activities.registry import all_tools, get_tool, load_tool_modules
 from runtime.settings import get_settings
-from workflows.models import AgentStep, PipelineSpec
+from workflows.models import AgentStep, PipelineSpec, ToolStep
 from workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
 
 
@@ -92,6 +92,8 @@ def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
         if isinstance(step, AgentStep):
             issues.extend(_agent_issues(step, known))
             continue
+        if not isinstance(step, ToolStep):
+            continue  # approval and input steps call no tool
         definition = get_tool(step.tool)
         if definition is None:
             hint = did_you_mean(step.tool, [t.name for t in all_tools()])

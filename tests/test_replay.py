@@ -23,6 +23,8 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 def test_there_are_histories_of_pipelines_and_agent_steps() -> None:
     names = {path.stem for path in HISTORIES}
     assert "tools-dag" in names and "agent-scripted.review" in names
+    # Run control: updates, signals, a durable timer, search attributes, progress reports.
+    assert "run-control" in names and "run-control.plan" in names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

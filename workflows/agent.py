@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from workflows.activity_options import activity_options
+    from workflows.control import STEP_PROGRESS, StepProgress
     from workflows.conversation import (
         MAX_CONVERSATION_BYTES,
         conversation_size,
@@ -42,6 +43,9 @@ with workflow.unsafe.imports_passed_through():
         tool_activity_name,
     )
 
+PROGRESS_PATCH = "report-progress-to-pipeline"
+"""Runs recorded before agent steps reported their progress replay without those signals."""
+
 MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
 OUTPUT_INVALID = "OutputSchemaMismatch"
 CONVERSATION_TOO_LARGE = "ConversationTooLarge"
@@ -61,6 +65,7 @@ class AgentStepWorkflow:
         self._usage = TokenUsage()
         self._model: str | None = None
         self._tool_calls = 0
+        self._reports: set[asyncio.Task[None]] = set()
 
     @workflow.run
     async def run(self, input: AgentStepInput) -> AgentStepResult:
@@ -114,6 +119,31 @@ class AgentStepWorkflow:
             non_retryable=True,
         )
 
+    def _pipeline_id(self) -> str | None:
+        parent = workflow.info().parent
+        return parent.workflow_id if parent else None
+
+    def _report_progress(self, progress: StepProgress) -> None:
+        """Tell the pipeline which model call is starting, for its `status` query.
+
+        Fire and forget: the signal goes out with the activity's command in the same
+        workflow task, so the call never waits for it.
+        """
+        parent = self._pipeline_id()
+        if parent is None or not workflow.patched(PROGRESS_PATCH):
+            return
+        handle = workflow.get_external_workflow_handle(parent)
+
+        async def send() -> None:
+            try:
+                await handle.signal(STEP_PROGRESS, progress)
+            except Exception:  # the pipeline may have ended; progress is only a courtesy
+                workflow.logger.debug("progress report to %s failed", parent)
+
+        task = asyncio.create_task(send())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
     async def _call_model(self, input: AgentStepInput, number: int) -> ModelCallOutput:
         step = input.step
         size = conversation_size(self._messages)
@@ -125,6 +155,11 @@ class AgentStepWorkflow:
                 "smaller outputs, or fewer model calls",
                 CONVERSATION_TOO_LARGE,
             )
+        self._report_progress(
+            StepProgress(
+                step=step.id, model_call=number, usage=self._usage, tool_calls=self._tool_calls
+            )
+        )
         try:
             reply = await workflow.execute_activity(
                 MODEL_CALL_ACTIVITY,
@@ -136,9 +171,10 @@ class AgentStepWorkflow:
                     parallel_tool_calls=step.tool_calls == "parallel",
                     output_schema=step.output_schema,
                     call_number=number,
+                    report_to=self._pipeline_id(),
                 ),
                 result_type=ModelCallOutput,
-                summary=f"{step.id} · model call {number}",
+                summary=f"{step.id} · model call {number}/{step.max_model_calls}",
                 **activity_options(input.model_retry, input.model_timeout),
             )
         except ActivityError as err:
@@ -179,6 +215,7 @@ class AgentStepWorkflow:
                     args=call.arguments,
                     # By position, not the model's call id: models repeat ids, keys must not.
                     idempotency_key=f"{input.idempotency_prefix}/call-{number}.{index}",
+                    report_to=self._pipeline_id(),
                 ),
                 result_type=ToolCallOutput,
                 summary=f"{step.id} · tool {call.name}",

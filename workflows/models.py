@@ -118,12 +118,17 @@ class StepBase(SpecModel):
     depends_on: list[str] = Field(
         default_factory=list, description="Steps that must succeed before this one starts."
     )
-    retry: RetrySpec | None = None
-    timeout: TimeoutSpec | None = None
     on_failure: OnFailure = "fail"
 
 
-class ToolStep(StepBase):
+class ActivityStepBase(StepBase):
+    """Steps that run activities, and so have Temporal's retry and timeout settings."""
+
+    retry: RetrySpec | None = None
+    timeout: TimeoutSpec | None = None
+
+
+class ToolStep(ActivityStepBase):
     """Calls one registered tool as one Temporal activity."""
 
     kind: Literal["tool"]
@@ -138,7 +143,7 @@ OutputSchema = dict[str, Any] | str
 """An inline JSON schema, or the import path of a pydantic model: `"package.module:Model"`."""
 
 
-class AgentStep(StepBase):
+class AgentStep(ActivityStepBase):
     """A conversation with a model that may call tools, run as a child `AgentStepWorkflow`.
 
     Each model call and each tool call is its own activity. `retry` and
@@ -178,7 +183,52 @@ class AgentStep(StepBase):
     tool_timeout: TimeoutSpec | None = None
 
 
-Step = Annotated[ToolStep | AgentStep, Field(discriminator="kind")]
+class ApprovalStep(StepBase):
+    """Waits until someone approves or rejects (`stepflow approve|reject`, the `approve` update).
+
+    Approval succeeds with `{"approved": true, "comment": ..., "by": "user"|"timeout"}`;
+    rejection fails the step (type `Rejected`) and `on_failure` applies. The wait
+    is durable: it survives worker restarts and may last for days.
+    """
+
+    kind: Literal["approval"]
+    message: str | None = Field(
+        default=None, description="What the approver is asked; may hold {{ ... }} references."
+    )
+    timeout: PositiveDuration | None = Field(
+        default=None, description="How long to wait (a durable timer); absent: for ever."
+    )
+    on_timeout: Literal["approve", "reject", "fail"] = Field(
+        default="fail",
+        description="When the timeout fires: approve, reject, or fail the step as TIMED_OUT.",
+    )
+
+
+class InputStep(StepBase):
+    """Waits for a value someone gives (`stepflow input`, the `input` update); it is the output.
+
+    The value must match `schema` (JSON Schema; absent: anything). On timeout
+    the step is TIMED_OUT; `on_failure: {fallback: ...}` turns that into a default.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Literal["input"]
+    message: str | None = Field(
+        default=None, description="What the person is asked; may hold {{ ... }} references."
+    )
+    value_schema: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="JSON Schema of the value."
+    )
+    timeout: PositiveDuration | None = Field(
+        default=None, description="How long to wait (a durable timer); absent: for ever."
+    )
+
+
+HumanStep = ApprovalStep | InputStep
+"""Steps that wait for a person rather than run an activity."""
+
+Step = Annotated[ToolStep | AgentStep | ApprovalStep | InputStep, Field(discriminator="kind")]
 
 ContextMode = Literal["dependencies", "full"]
 """What an agent step sees besides its input: the outputs of the steps it declares
@@ -218,13 +268,13 @@ def _layered(*layers: BaseModel | None) -> dict[str, Any]:
     return merged
 
 
-def effective_retry(step: StepBase, defaults: StepDefaults) -> RetrySpec:
+def effective_retry(step: ActivityStepBase, defaults: StepDefaults) -> RetrySpec:
     """The step's retry settings over the pipeline's over the built-in ones, field by field."""
     return RetrySpec.model_validate(_layered(BUILTIN_RETRY, defaults.retry, step.retry))
 
 
 def effective_timeout(
-    step: StepBase, defaults: StepDefaults, override: TimeoutSpec | None = None
+    step: ActivityStepBase, defaults: StepDefaults, override: TimeoutSpec | None = None
 ) -> TimeoutSpec:
     """The step's timeouts over the pipeline's, with a 5 minute start-to-close if none is set."""
     result = TimeoutSpec.model_validate(_layered(defaults.timeout, step.timeout, override))
@@ -317,6 +367,19 @@ class StepRecord(BaseModel):
     )
     usage: TokenUsage | None = Field(default=None, description="Agent steps: tokens used.")
     tool_calls: int | None = Field(default=None, description="Agent steps: tool calls made.")
+    model_call: int | None = Field(
+        default=None, description="Agent steps: the number of the model call running or last made."
+    )
+    max_model_calls: int | None = Field(default=None, description="Agent steps: the step's limit.")
+    waiting_for: Literal["approval", "input"] | None = Field(
+        default=None, description="Approval and input steps: what the step waits for."
+    )
+    message: str | None = Field(
+        default=None, description="Approval and input steps: what the person is asked (rendered)."
+    )
+    comment: str | None = Field(
+        default=None, description="The comment given with an approval, rejection or cancel."
+    )
 
     @property
     def duration(self) -> timedelta | None:
@@ -372,6 +435,10 @@ class ToolCallInput(BaseModel):
     tool: str
     args: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str
+    report_to: str | None = Field(
+        default=None,
+        description="The pipeline to tell about retries; absent: the workflow that called.",
+    )
 
 
 class ToolCallOutput(BaseModel):
@@ -402,6 +469,9 @@ class ModelCallInput(BaseModel):
     parallel_tool_calls: bool = True
     output_schema: OutputSchema | None = None
     call_number: int = Field(default=1, description="1 for the step's first model call.")
+    report_to: str | None = Field(
+        default=None, description="The pipeline to tell about retries (agent steps' parent)."
+    )
 
 
 class PlannedToolCall(BaseModel):

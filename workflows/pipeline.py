@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
 import pydantic
 from temporalio import workflow
@@ -20,18 +21,38 @@ from temporalio.exceptions import (
     CancelledError,
     ChildWorkflowError,
     RetryState,
-    TimeoutError,
 )
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import requests
     from workflows.activity_options import activity_options
     from workflows.agent import AgentStepWorkflow
+    from workflows.control import (
+        APPROVE,
+        CANCEL_STEP,
+        INPUT,
+        PAUSE,
+        PIPELINE_ATTRIBUTE,
+        REJECT,
+        RESUME,
+        STATUS_ATTRIBUTE,
+        STATUS_QUERY,
+        STEP_PROGRESS,
+        PipelineState,
+        RunStatus,
+        StepInput,
+        StepProgress,
+        StepRequest,
+    )
     from workflows.models import (
         AgentStep,
         AgentStepInput,
         AgentStepResult,
+        ApprovalStep,
         ChatMessage,
         Fallback,
+        InputStep,
         PipelineInput,
         PipelineResult,
         PipelineSpec,
@@ -51,13 +72,18 @@ with workflow.unsafe.imports_passed_through():
         tool_call_retry,
         tool_call_timeout,
     )
+    from workflows.run_view import counts, details_markdown, live_status
     from workflows.templates import TemplateError, render
     from workflows.validation import SpecError, check_pipeline
+
+AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep
 
 PIPELINE_WORKFLOW = "stepflow_pipeline"
 INVALID_PIPELINE = "InvalidPipeline"
 PIPELINE_FAILED = "PipelineFailed"
 INVALID_REFERENCE = "InvalidReference"
+REJECTED = "Rejected"
+CANCELLED_BY_REQUEST = "Cancelled"
 
 
 class _StepFailed(Exception):
@@ -84,7 +110,7 @@ def _step_failure(err: ActivityError, retry: RetrySpec) -> _StepFailed:
     """Read status, message, type and attempt count out of an activity's final failure."""
     cause = err.cause
     attempts = 1
-    if isinstance(cause, TimeoutError):
+    if isinstance(cause, ActivityTimeout):
         kind = cause.type.name.lower().replace("_", "-") if cause.type else "activity"
         status, message, error_type = StepStatus.TIMED_OUT, f"{kind} timeout", "Timeout"
     elif isinstance(cause, ApplicationError):
@@ -108,11 +134,21 @@ class PipelineWorkflow:
     fails the workflow with an `ApplicationError` of type `PipelineFailed`
     whose first detail is the `PipelineResult`, so the Web UI shows the run as
     failed and clients still get every step's record.
+
+    While it runs it answers the `status` query and the control updates and
+    signals of `workflows.control`.
     """
 
-    def __init__(self) -> None:
-        self._records: dict[str, StepRecord] = {}
-        self._spec_steps: dict[str, ToolStep | AgentStep] = {}
+    @workflow.init
+    def __init__(self, input: PipelineInput) -> None:
+        # Built from the input before anything else runs, so a query or an update that
+        # arrives with the run's first task already finds every step.
+        spec = input.spec
+        self._spec = spec
+        self._records: dict[str, StepRecord] = {
+            s.id: StepRecord(id=s.id, kind=s.kind) for s in spec.steps
+        }
+        self._spec_steps: dict[str, AnyStep] = {s.id: s for s in spec.steps}
         self._order: dict[str, int] = {}
         self._unmet: dict[str, int] = {}
         self._dependents: dict[str, list[str]] = {}
@@ -122,10 +158,20 @@ class PipelineWorkflow:
         self._fatal: str | None = None
         self._cancelling = False
         """Set once the pipeline cancels its steps; a cancel from outside fails just one step."""
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._paused = False
+        self._cancel_requests: dict[str, str | None] = {}
+        """Steps someone asked to cancel, with the comment they gave."""
+        self._answers: dict[str, tuple[str, Any]] = {}
+        """What people answered waiting steps: ("approve"|"reject", comment) or ("input", value)."""
+        self._started_at = workflow.now()
+        self._ended: RunStatus | None = None
+        self._error: str | None = None
+        self._published: RunStatus | None = None
+        self._keep_attributes = False
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
-        started_at = workflow.now()
         spec = input.spec
         try:
             inputs = check_pipeline(spec, input.inputs)
@@ -135,32 +181,32 @@ class PipelineWorkflow:
                 f"invalid pipeline {spec.name!r}:\n{err}", type=INVALID_PIPELINE, non_retryable=True
             ) from None
 
-        self._records = {s.id: StepRecord(id=s.id, kind=s.kind) for s in spec.steps}
         self._plan(spec)
-        running: dict[str, asyncio.Task[None]] = {}
+        self._start_visibility(spec)
         try:
             while True:
-                while self._fatal is None and self._ready and len(running) < spec.max_concurrency:
-                    _, step_id = heapq.heappop(self._ready)
-                    step = self._spec_steps[step_id]
-                    self._records[step_id].status = StepStatus.RUNNING
-                    self._records[step_id].started_at = workflow.now()
-                    running[step_id] = asyncio.create_task(self._run_step(spec, step, inputs))
-                if not running:
+                self._start_ready(spec, inputs)
+                self._publish()
+                if not self._running and (self._fatal is not None or not self._has_ready()):
                     break
-                done, _ = await workflow.wait(
-                    list(running.values()), return_when=asyncio.FIRST_COMPLETED
-                )
-                for step_id in [sid for sid, task in running.items() if task in done]:
-                    running.pop(step_id).result()
+                await workflow.wait_condition(self._should_wake)
+                for step_id in [sid for sid, task in self._running.items() if task.done()]:
+                    self._running.pop(step_id).result()
                     self._settle(step_id)
                 if self._fatal is not None:
-                    await self._cancel_all(running, f"pipeline failed at step {self._fatal!r}")
+                    await self._cancel_all(f"pipeline failed at step {self._fatal!r}")
         except asyncio.CancelledError:
-            await self._cancel_all(running, "pipeline was cancelled")
+            await self._cancel_all("pipeline was cancelled")
+            self._end(RunStatus.CANCELLED, "the run was cancelled")
             raise
 
-        result = self._result(spec, started_at)
+        result = self._result(spec, self._started_at)
+        self._end(
+            RunStatus.FAILED if result.status is PipelineStatus.FAILED else RunStatus.SUCCEEDED,
+            result.error,
+        )
+        # An update accepted just as the last step ended still gets its answer.
+        await workflow.wait_condition(workflow.all_handlers_finished)
         if result.status is PipelineStatus.FAILED:
             raise ApplicationError(
                 result.error or "pipeline failed",
@@ -170,9 +216,10 @@ class PipelineWorkflow:
             )
         return result
 
+    # -- scheduling ---------------------------------------------------------
+
     def _plan(self, spec: PipelineSpec) -> None:
         """Index the DAG once, so each finished step costs only its dependents, not all N steps."""
-        self._spec_steps = {s.id: s for s in spec.steps}
         self._order = {s.id: i for i, s in enumerate(spec.steps)}
         self._unmet = {s.id: len(set(s.depends_on)) for s in spec.steps}
         self._dependents = {s.id: [] for s in spec.steps}
@@ -182,6 +229,51 @@ class PipelineWorkflow:
         # Ready steps start in the order the spec lists them: a heap of (position, id).
         self._ready = [(self._order[sid], sid) for sid, n in self._unmet.items() if n == 0]
         heapq.heapify(self._ready)
+
+    def _busy(self) -> int:
+        """Running steps that count towards max_concurrency: people waiting take no slot."""
+        return sum(1 for sid in self._running if not _is_human(self._spec_steps[sid]))
+
+    def _has_ready(self) -> bool:
+        return any(self._records[sid].status is StepStatus.PENDING for _, sid in self._ready)
+
+    def _start_ready(self, spec: PipelineSpec, inputs: dict[str, Any]) -> None:
+        """Start every ready step there is room for, in spec order, unless paused or failing."""
+        if self._fatal is not None or self._paused:
+            return
+        deferred = []
+        while self._ready:
+            entry = heapq.heappop(self._ready)
+            step_id = entry[1]
+            if self._records[step_id].status is not StepStatus.PENDING:
+                continue  # cancelled while it waited its turn
+            step = self._spec_steps[step_id]
+            if not _is_human(step) and self._busy() >= spec.max_concurrency:
+                deferred.append(entry)
+                continue
+            record = self._records[step_id]
+            record.status = StepStatus.RUNNING
+            record.started_at = workflow.now()
+            self._running[step_id] = asyncio.create_task(self._run_step(spec, step, inputs))
+        for entry in deferred:
+            heapq.heappush(self._ready, entry)
+
+    def _should_wake(self) -> bool:
+        if any(task.done() for task in self._running.values()) or self._fatal is not None:
+            return True
+        if not self._running and not self._has_ready():
+            return True  # a cancelled pending step may have been the last one
+        return (
+            not self._paused
+            and self._has_ready()
+            and (self._busy() < self._spec.max_concurrency or self._human_ready())
+        )
+
+    def _human_ready(self) -> bool:
+        return any(
+            _is_human(self._spec_steps[sid]) and self._records[sid].status is StepStatus.PENDING
+            for _, sid in self._ready
+        )
 
     def _settle(self, step_id: str) -> None:
         """After a step finished: release its dependents, or skip them if it did not succeed."""
@@ -206,8 +298,9 @@ class PipelineWorkflow:
                     )
                     blocked.append((dependent, StepStatus.SKIPPED))
 
-    async def _cancel_all(self, running: dict[str, asyncio.Task[None]], reason: str) -> None:
+    async def _cancel_all(self, reason: str) -> None:
         self._cancelling = True
+        running = self._running
         for task in running.values():
             task.cancel()
         for step_id, task in list(running.items()):
@@ -225,27 +318,32 @@ class PipelineWorkflow:
                 record.status = StepStatus.SKIPPED
                 record.reason = reason
 
-    async def _run_step(
-        self, spec: PipelineSpec, step: ToolStep | AgentStep, inputs: dict[str, Any]
-    ) -> None:
+    # -- one step -----------------------------------------------------------
+
+    async def _run_step(self, spec: PipelineSpec, step: AnyStep, inputs: dict[str, Any]) -> None:
         record = self._records[step.id]
         try:
-            if isinstance(step, AgentStep):
-                agent = await self._run_agent(spec, step, inputs)
-                output, record.attempts = agent.output, 1
-                record.model = agent.model
-                record.usage = agent.usage
-                record.tool_calls = agent.tool_calls
-                self._transcripts.extend(agent.transcript or [])
-            else:
-                called = await self._call_tool(spec, step, inputs)
-                output, record.attempts = called.output, called.attempt
+            try:
+                output = await self._execute(spec, step, inputs, record)
+            except asyncio.CancelledError:
+                if step.id in self._cancel_requests and not self._cancelling:
+                    raise _StepFailed(
+                        StepStatus.CANCELLED,
+                        "the step was cancelled",
+                        CANCELLED_BY_REQUEST,
+                        record.attempts,
+                    ) from None
+                raise
         except _StepFailed as failed:
             record.status = failed.status
             record.error = failed.message
             record.error_type = failed.error_type
             record.attempts = failed.attempts
             record.ended_at = workflow.now()
+            record.waiting_for = None
+            if failed.status is StepStatus.CANCELLED and step.id in self._cancel_requests:
+                record.error = _cancel_message(self._cancel_requests[step.id])
+                record.comment = self._cancel_requests[step.id]
             if failed.agent:
                 record.model = failed.agent.get("model")
                 record.usage = TokenUsage.model_validate(failed.agent.get("usage") or {})
@@ -255,7 +353,73 @@ class PipelineWorkflow:
         record.status = StepStatus.SUCCEEDED
         record.output = output
         record.ended_at = workflow.now()
+        record.waiting_for = None
         self._outputs[step.id] = output
+
+    async def _execute(
+        self, spec: PipelineSpec, step: AnyStep, inputs: dict[str, Any], record: StepRecord
+    ) -> Any:
+        """Run the step by its kind; returns its output or raises `_StepFailed`."""
+        if isinstance(step, AgentStep):
+            record.max_model_calls = step.max_model_calls
+            agent = await self._run_agent(spec, step, inputs)
+            record.attempts = 1
+            record.model = agent.model
+            record.usage = agent.usage
+            record.tool_calls = agent.tool_calls
+            self._transcripts.extend(agent.transcript or [])
+            return agent.output
+        if isinstance(step, ToolStep):
+            called = await self._call_tool(spec, step, inputs)
+            record.attempts = called.attempt
+            return called.output
+        return await self._wait_for_person(step, inputs, record)
+
+    async def _wait_for_person(
+        self, step: ApprovalStep | InputStep, inputs: dict[str, Any], record: StepRecord
+    ) -> Any:
+        """An approval or input step: wait (durably, maybe for days) for someone's answer."""
+        wanted: Literal["approval", "input"] = (
+            "approval" if isinstance(step, ApprovalStep) else "input"
+        )
+        if step.message is not None:
+            try:
+                declared = {d: self._outputs[d] for d in step.depends_on}
+                record.message = str(render(step.message, inputs, declared))
+            except TemplateError as err:
+                raise _StepFailed(StepStatus.FAILED, str(err), INVALID_REFERENCE, 0) from None
+        record.status = StepStatus.WAITING
+        record.waiting_for = wanted
+        self._publish()
+        try:
+            await workflow.wait_condition(
+                lambda: step.id in self._answers,
+                timeout=step.timeout,
+                timeout_summary=f"{step.id} · {wanted} timeout",
+            )
+        except TimeoutError:  # the builtin one: wait_condition's timer fired
+            return self._timed_out(step, record)
+        finally:
+            record.waiting_for = None
+        action, value = self._answers.pop(step.id)
+        record.status = StepStatus.RUNNING
+        if action == INPUT:
+            return value
+        record.comment = value
+        if action == REJECT:
+            raise _StepFailed(StepStatus.FAILED, _rejected_message(value), REJECTED, 0)
+        return {"approved": True, "comment": value, "by": "user"}
+
+    def _timed_out(self, step: ApprovalStep | InputStep, record: StepRecord) -> Any:
+        after = _duration_text(step.timeout)
+        if isinstance(step, ApprovalStep) and step.on_timeout == "approve":
+            return {"approved": True, "comment": None, "by": "timeout"}
+        if isinstance(step, ApprovalStep) and step.on_timeout == "reject":
+            raise _StepFailed(
+                StepStatus.FAILED, f"rejected: nobody decided within {after}", REJECTED, 0
+            )
+        what = "decision" if isinstance(step, ApprovalStep) else "input"
+        raise _StepFailed(StepStatus.TIMED_OUT, f"no {what} within {after}", "Timeout", 0)
 
     async def _run_agent(
         self, spec: PipelineSpec, step: AgentStep, inputs: dict[str, Any]
@@ -343,7 +507,7 @@ class PipelineWorkflow:
                 raise asyncio.CancelledError(str(err.cause)) from None  # we cancelled it
             raise _step_failure(err, retry) from None
 
-    def _apply_on_failure(self, step: ToolStep | AgentStep, record: StepRecord) -> None:
+    def _apply_on_failure(self, step: AnyStep, record: StepRecord) -> None:
         policy = step.on_failure
         if isinstance(policy, Fallback):
             record.status = StepStatus.SUCCEEDED
@@ -353,6 +517,220 @@ class PipelineWorkflow:
         elif policy == "fail" and self._fatal is None:
             self._fatal = step.id
         # "continue": the record stays failed; _settle skips its dependents.
+
+    # -- the status query, control updates and signals -------------------------
+
+    @workflow.query(name=STATUS_QUERY)
+    def status(self) -> PipelineState:
+        """Every step's record now, with counts and tokens so far (`temporal workflow query`)."""
+        records = self._ordered_records()
+        usage = TokenUsage()
+        for record in records:
+            usage = usage.plus(record.usage)
+        return PipelineState(
+            workflow_id=workflow.info().workflow_id,
+            pipeline=self._spec.name,
+            description=self._spec.description,
+            status=self._run_status(),
+            steps=records,
+            counts=counts(records),
+            usage=usage,
+            started_at=self._started_at,
+            as_of=workflow.now(),
+            error=self._error,
+        )
+
+    @workflow.update(name=PAUSE)
+    def pause(self) -> str:
+        self._do_pause()
+        return "paused: no new step starts; running steps finish"
+
+    @pause.validator
+    def _check_pause(self) -> None:
+        requests.check_pause(self._paused, self._ended is not None)
+
+    @workflow.update(name=RESUME)
+    def resume(self) -> str:
+        self._do_resume()
+        return "resumed"
+
+    @resume.validator
+    def _check_resume(self) -> None:
+        requests.check_resume(self._paused)
+
+    @workflow.update(name=CANCEL_STEP)
+    def cancel_step(self, request: StepRequest) -> str:
+        self._do_cancel_step(request)
+        return f"cancelled step {request.step!r}"
+
+    @cancel_step.validator
+    def _check_cancel_step(self, request: StepRequest) -> None:
+        requests.check_cancel_step(self._records, request.step)
+        if request.step in self._cancel_requests:
+            requests.reject(f"step {request.step!r} is already being cancelled")
+
+    @workflow.update(name=APPROVE)
+    def approve(self, request: StepRequest) -> str:
+        return self._answer(request.step, APPROVE, request.comment)
+
+    @approve.validator
+    def _check_approve(self, request: StepRequest) -> None:
+        self._check_answer(request.step)
+        requests.check_decision(self._spec_steps, self._records, request.step)
+
+    @workflow.update(name=REJECT)
+    def reject(self, request: StepRequest) -> str:
+        return self._answer(request.step, REJECT, request.comment)
+
+    @reject.validator
+    def _check_reject(self, request: StepRequest) -> None:
+        self._check_answer(request.step)
+        requests.check_decision(self._spec_steps, self._records, request.step)
+
+    @workflow.update(name=INPUT)
+    def input(self, request: StepInput) -> str:
+        return self._answer(request.step, INPUT, request.value)
+
+    @input.validator
+    def _check_input(self, request: StepInput) -> None:
+        self._check_answer(request.step)
+        requests.check_input(self._spec_steps, self._records, request.step, request.value)
+
+    # The same requests as signals, for senders that cannot wait for an answer
+    # (`temporal workflow signal`). A signal cannot be refused: one that fails the
+    # update's check is logged and ignored.
+
+    @workflow.signal(name=PAUSE)
+    def pause_signal(self) -> None:
+        if self._accepts(PAUSE, self._check_pause):
+            self._do_pause()
+
+    @workflow.signal(name=RESUME)
+    def resume_signal(self) -> None:
+        if self._accepts(RESUME, self._check_resume):
+            self._do_resume()
+
+    @workflow.signal(name=CANCEL_STEP)
+    def cancel_step_signal(self, request: StepRequest) -> None:
+        if self._accepts(CANCEL_STEP, lambda: self._check_cancel_step(request)):
+            self._do_cancel_step(request)
+
+    @workflow.signal(name=APPROVE)
+    def approve_signal(self, request: StepRequest) -> None:
+        if self._accepts(APPROVE, lambda: self._check_approve(request)):
+            self._answer(request.step, APPROVE, request.comment)
+
+    @workflow.signal(name=REJECT)
+    def reject_signal(self, request: StepRequest) -> None:
+        if self._accepts(REJECT, lambda: self._check_reject(request)):
+            self._answer(request.step, REJECT, request.comment)
+
+    @workflow.signal(name=INPUT)
+    def input_signal(self, request: StepInput) -> None:
+        if self._accepts(INPUT, lambda: self._check_input(request)):
+            self._answer(request.step, INPUT, request.value)
+
+    @workflow.signal(name=STEP_PROGRESS)
+    def step_progress(self, progress: StepProgress) -> None:
+        """Stepflow's own reports: an agent step's model call starting, an activity retrying."""
+        record = self._records.get(progress.step)
+        if record is None or record.status not in (StepStatus.RUNNING, StepStatus.RETRYING):
+            return  # late: the step has ended
+        if progress.model_call is not None:
+            if progress.model_call < (record.model_call or 0):
+                return  # a retry report of an earlier call, overtaken by the next call
+            if progress.model_call > (record.model_call or 0):
+                record.model_call = progress.model_call
+                record.status = StepStatus.RUNNING
+                record.attempts = 1
+        if progress.usage is not None:
+            record.usage = progress.usage
+        if progress.tool_calls is not None:
+            record.tool_calls = progress.tool_calls
+        if progress.attempt is not None:
+            record.attempts = progress.attempt
+            record.status = StepStatus.RETRYING if progress.attempt > 1 else StepStatus.RUNNING
+        self._publish()
+
+    def _answer(self, step_id: str, action: str, value: Any) -> str:
+        """Hand a waiting step its answer; `_wait_for_person` picks it up."""
+        self._answers[step_id] = (action, value)
+        done = {APPROVE: "approved", REJECT: "rejected", INPUT: "gave input to"}[action]
+        return f"{done} step {step_id!r}"
+
+    def _check_answer(self, step_id: str) -> None:
+        if step_id in self._answers:
+            requests.reject(f"step {step_id!r} has already been answered")
+
+    def _accepts(self, name: str, check: Any) -> bool:
+        try:
+            check()
+        except ApplicationError as err:
+            workflow.logger.warning("ignored signal %r: %s", name, err.message)
+            return False
+        return True
+
+    def _do_pause(self) -> None:
+        self._paused = True
+        self._publish()
+
+    def _do_resume(self) -> None:
+        self._paused = False
+        self._publish()
+
+    def _do_cancel_step(self, request: StepRequest) -> None:
+        step_id = request.step
+        self._cancel_requests[step_id] = request.comment
+        record = self._records[step_id]
+        if step_id in self._running:
+            self._running[step_id].cancel()  # _run_step records it and applies on_failure
+            return
+        # Not started yet: it never will. on_failure decides what its dependents do.
+        record.status = StepStatus.CANCELLED
+        record.error = _cancel_message(request.comment)
+        record.error_type = CANCELLED_BY_REQUEST
+        record.comment = request.comment
+        record.ended_at = workflow.now()
+        self._apply_on_failure(self._spec_steps[step_id], record)
+        self._settle(step_id)
+        self._publish()
+
+    # -- what the Web UI and visibility show -------------------------------------
+
+    def _ordered_records(self) -> list[StepRecord]:
+        return [self._records[s.id] for s in self._spec.steps]
+
+    def _run_status(self) -> RunStatus:
+        return self._ended or live_status(self._ordered_records(), self._paused)
+
+    def _start_visibility(self, spec: PipelineSpec) -> None:
+        """Memo for runs started without one; search attributes only where the start set them.
+
+        Upserting an attribute the namespace has not registered fails the workflow
+        task, so the workflow keeps `StepflowStatus` current only when the run was
+        started with `StepflowPipeline` set: proof that both are registered.
+        """
+        if workflow.memo_value("pipeline", None) is None:
+            workflow.upsert_memo({"pipeline": spec.name, "description": spec.description or ""})
+        attributes = workflow.info().typed_search_attributes
+        self._keep_attributes = attributes.get(PIPELINE_ATTRIBUTE) is not None
+        published = attributes.get(STATUS_ATTRIBUTE)
+        self._published = RunStatus(published) if published in set(RunStatus) else None
+
+    def _publish(self) -> None:
+        """Refresh the current details and, when it changed, the StepflowStatus attribute."""
+        status = self._run_status()
+        workflow.set_current_details(
+            details_markdown(self._spec.name, status, self._ordered_records(), workflow.now())
+        )
+        if self._keep_attributes and status != self._published:
+            workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status.value)])
+            self._published = status
+
+    def _end(self, status: RunStatus, error: str | None) -> None:
+        self._ended = status
+        self._error = error
+        self._publish()
 
     def _result(self, spec: PipelineSpec, started_at: Any) -> PipelineResult:
         error = None
@@ -371,3 +749,25 @@ class PipelineWorkflow:
             started_at=started_at,
             ended_at=workflow.now(),
         )
+
+
+def _is_human(step: AnyStep) -> bool:
+    return isinstance(step, ApprovalStep | InputStep)
+
+
+def _cancel_message(comment: str | None) -> str:
+    return "cancelled on request" + (f": {comment}" if comment else "")
+
+
+def _rejected_message(comment: str | None) -> str:
+    return "rejected" + (f": {comment}" if comment else "")
+
+
+def _duration_text(value: timedelta | None) -> str:
+    if value is None:
+        return "the timeout"
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{value.total_seconds():g}s"

@@ -12,9 +12,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 from pydantic import TypeAdapter, ValidationError
 
-from workflows.models import AgentStep, InputType, PipelineSpec, ToolStep
+from workflows.models import AgentStep, InputStep, InputType, PipelineSpec, Step, ToolStep
 from workflows.templates import TemplateError, iter_references
 
 
@@ -93,6 +94,13 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
                 issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
+        if isinstance(step, InputStep):
+            try:
+                jsonschema.Draft202012Validator.check_schema(step.value_schema)
+            except jsonschema.SchemaError as err:
+                issues.append(
+                    SpecIssue(f"not a valid JSON Schema: {err.message}", step.id, "schema")
+                )
 
     graph = {step.id: [d for d in step.depends_on if d != step.id] for step in spec.steps}
     cycle = find_cycle(graph)
@@ -101,11 +109,13 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
     return issues
 
 
-def _templated_fields(step: ToolStep | AgentStep) -> list[tuple[str, Any]]:
+def _templated_fields(step: Step) -> list[tuple[str, Any]]:
     """The fields of a step that may hold {{ ... }} references, by the name errors use."""
     if isinstance(step, AgentStep):
         return [("instructions", step.instructions), ("input", step.input)]
-    return [(f"args.{key}", value) for key, value in step.args.items()]
+    if isinstance(step, ToolStep):
+        return [(f"args.{key}", value) for key, value in step.args.items()]
+    return [("message", step.message)]
 
 
 def _reference_issues(

@@ -31,6 +31,17 @@ from runtime.settings import Settings
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer, tool_calls
 from worker import build_worker
+from workflows.control import (
+    APPROVE,
+    CANCEL_STEP,
+    INPUT,
+    PAUSE,
+    RESUME,
+    STATUS_QUERY,
+    PipelineState,
+    StepInput,
+    StepRequest,
+)
 from workflows.models import PipelineSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +118,62 @@ async def agent_offline_full_context(stepflow: StepflowClient, server: ScriptedM
     return await _run(stepflow, "agent-offline-full", spec)
 
 
+async def _wait_for(stepflow: StepflowClient, workflow_id: str, step_id: str, status: str) -> None:
+    handle = stepflow.temporal.get_workflow_handle(workflow_id)
+    for _ in range(300):
+        state = await handle.query(STATUS_QUERY, result_type=PipelineState)
+        if state.step(step_id).status == status:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"step {step_id!r} never became {status}")
+
+
+async def run_control(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """Approval, input, pause/resume, a cancelled step, a retry report, agent progress."""
+    with tempfile.TemporaryDirectory() as scratch:
+        journal = str(Path(scratch) / "journal.jsonl")
+        spec = pipeline(
+            step(
+                "flaky",
+                "flaky",
+                args={"journal": journal, "succeed_on": 2},
+                retry={"initial_interval": "100ms"},
+            ),
+            {
+                "id": "gate",
+                "kind": "approval",
+                "message": "go on after {{ steps.flaky.output }}?",
+                "depends_on": ["flaky"],
+            },
+            {
+                "id": "budget",
+                "kind": "input",
+                "schema": {"type": "integer"},
+                "depends_on": ["gate"],
+            },
+            {"id": "auto", "kind": "approval", "timeout": "1s", "on_timeout": "approve"},
+            step("dropped", "echo", depends_on=["budget"], on_failure="continue"),
+            agent(
+                "plan",
+                model="offline",
+                depends_on=["budget", "auto"],
+                input="{{ steps.budget.output }}",
+            ),
+            name="run-control",
+        )
+        run = await stepflow.start_pipeline(spec, workflow_id=f"run-control-{uuid.uuid4().hex[:8]}")
+        handle = stepflow.temporal.get_workflow_handle(run.workflow_id)
+        await _wait_for(stepflow, run.workflow_id, "gate", "WAITING")
+        await handle.execute_update(PAUSE)
+        await handle.execute_update(APPROVE, StepRequest(step="gate", comment="fine"))
+        await handle.execute_update(CANCEL_STEP, StepRequest(step="dropped", comment="later"))
+        await handle.execute_update(RESUME)
+        await _wait_for(stepflow, run.workflow_id, "budget", "WAITING")
+        await handle.signal(INPUT, StepInput(step="budget", value=1200))
+        await stepflow.get_result(run.workflow_id)
+        return run.workflow_id
+
+
 def _example(path: str) -> Scenario:
     async def scenario(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
         return await _run(stepflow, Path(path).stem.replace("_", "-"), load_spec_file(ROOT / path))
@@ -118,6 +185,7 @@ SCENARIOS: dict[str, Scenario] = {
     "tools-dag": tools_dag,
     "agent-scripted": agent_scripted,
     "agent-offline-full": agent_offline_full_context,
+    "run-control": run_control,
     "example-research-report": _example("examples/research_report.yaml"),
     "example-code-task": _example("examples/code_task.yaml"),
 }
@@ -167,7 +235,7 @@ async def main(names: list[str]) -> None:
                 with ScriptedModelServer() as server:
                     os.environ["OPENAI_BASE_URL"] = server.base_url
                     os.environ["OPENAI_API_KEY"] = "sk-recording-not-a-real-key"
-                    if name.startswith(("example-", "agent-offline")):
+                    if name.startswith(("example-", "agent-offline", "run-control")):
                         del os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
                     workflow_id = await scenario(stepflow, server)
                 for path in await _save(env.client, name, workflow_id):

@@ -1,0 +1,73 @@
+"""How a running pipeline describes itself: its run status and the Web UI's current details.
+
+Pure functions of the step records; the workflow calls them whenever a record
+changes. Imported in the workflow sandbox: no I/O, no clocks (times come in).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+
+from workflows.control import RunStatus
+from workflows.models import StepRecord, StepStatus
+
+ACTIVE = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
+"""A step in one of these has not ended yet."""
+
+
+def live_status(records: list[StepRecord], paused: bool) -> RunStatus:
+    """A running pipeline's status: paused, waiting for a person, or just running."""
+    if paused:
+        return RunStatus.PAUSED
+    if any(r.status is StepStatus.WAITING for r in records):
+        return RunStatus.WAITING
+    return RunStatus.RUNNING
+
+
+def counts(records: list[StepRecord]) -> dict[StepStatus, int]:
+    return dict(Counter(r.status for r in records))
+
+
+def elapsed(record: StepRecord, now: datetime) -> timedelta | None:
+    """How long the step ran, or has been running as of `now`."""
+    if record.started_at is None:
+        return None
+    return (record.ended_at or now) - record.started_at
+
+
+def step_state(record: StepRecord) -> str:
+    """The status with what qualifies it: `RETRYING (attempt 3)`, `WAITING for approval`."""
+    if record.status is StepStatus.RETRYING:
+        return f"RETRYING (attempt {record.attempts})"
+    if record.status is StepStatus.WAITING and record.waiting_for:
+        return f"WAITING for {record.waiting_for}"
+    if record.status is StepStatus.RUNNING and record.model_call:
+        return f"RUNNING (model call {record.model_call}/{record.max_model_calls})"
+    return record.status.value
+
+
+def _seconds(value: timedelta | None) -> str:
+    if value is None:
+        return ""
+    seconds = value.total_seconds()
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
+
+def details_markdown(
+    pipeline: str, status: RunStatus, records: list[StepRecord], now: datetime
+) -> str:
+    """The pipeline's current details in the Web UI: a small table, one row per step."""
+    lines = [
+        f"**{pipeline}** · {status.value}",
+        "",
+        "| step | status | attempts | time |",
+        "|---|---|---|---|",
+    ]
+    for record in records:
+        attempts = str(record.attempts) if record.attempts else ""
+        lines.append(
+            f"| {record.id} | {step_state(record)} | {attempts} | "
+            f"{_seconds(elapsed(record, now))} |"
+        )
+    return "\n".join(lines)
