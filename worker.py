@@ -66,6 +66,10 @@ def build_worker(
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # A cancel reaches an activity only in the answer to one of its heartbeats; the SDK's
+        # 30 s default would let a cancelled tool run on for half a minute.
+        default_heartbeat_throttle_interval=timedelta(seconds=2),
+        max_heartbeat_throttle_interval=timedelta(seconds=5),
     )
 
 

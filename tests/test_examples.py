@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import jsonschema
@@ -9,7 +10,7 @@ import pytest
 
 from activities.builtin.files import write_file
 from activities.registry import load_tool_modules
-from client.api import StepflowClient
+from client.api import ControlRejected, StepflowClient
 from client.loading import check_spec, load_spec_file
 from examples.tools import check_python
 from runtime.settings import Settings
@@ -18,6 +19,7 @@ from workflows.models import AgentStep, PipelineResult, PipelineStatus, StepStat
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESEARCH = EXAMPLES / "research_report.yaml"
 CODE_TASK = EXAMPLES / "code_task.yaml"
+RELEASE_NOTES = EXAMPLES / "release_notes.yaml"
 RESEARCHERS = ["research-1", "research-2", "research-3"]
 
 
@@ -57,7 +59,7 @@ def assert_agents_answered_offline(result: PipelineResult, path: Path) -> None:
 
 def test_the_examples_are_valid(settings: Settings) -> None:
     load_tool_modules(settings.tool_modules)
-    for path in (RESEARCH, CODE_TASK):
+    for path in (RESEARCH, CODE_TASK, RELEASE_NOTES):
         check_spec(load_spec_file(path))  # raises SpecError listing every issue
 
 
@@ -157,3 +159,52 @@ def test_check_python_compiles_without_running_and_reports_errors(settings: Sett
     write_file("bad.py", "def broken(:\n    pass\n")
     bad = check_python("bad.py")
     assert not bad.compiles and bad.errors == ["line 1: invalid syntax"]
+
+
+async def _until_waiting(stepflow: StepflowClient, workflow_id: str, step_id: str) -> str | None:
+    """The step's rendered message once it waits for someone (polls the status query)."""
+    for _ in range(200):
+        record = (await stepflow.status(workflow_id)).step(step_id)
+        if record.status is StepStatus.WAITING:
+            return record.message
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"step {step_id!r} never waited")
+
+
+async def test_release_notes_waits_for_an_input_and_an_approval_then_publishes(
+    worker: None, stepflow: StepflowClient, settings: Settings
+) -> None:
+    run = await stepflow.start_pipeline(RELEASE_NOTES, {"version": "2.0.0"})
+
+    asked = await _until_waiting(stepflow, run.workflow_id, "highlights")
+    assert asked is not None and asked.startswith("How many of these changes")
+    with pytest.raises(ControlRejected, match="less than the minimum of 1"):
+        await stepflow.give_input(run.workflow_id, "highlights", 0)
+    await stepflow.give_input(run.workflow_id, "highlights", 2)
+
+    asked = await _until_waiting(stepflow, run.workflow_id, "sign-off")
+    assert asked == "Publish the notes for 2.0.0 with 2 highlights?"
+    await stepflow.approve(run.workflow_id, "sign-off", comment="ship it")
+
+    result = await stepflow.get_result(run.workflow_id)
+    assert_all_succeeded(result)
+    assert result.output("sign-off") == {"approved": True, "comment": "ship it", "by": "user"}
+    published = (settings.workspace / "releases" / "2.0.0.md").read_text(encoding="utf-8")
+    assert published.startswith(result.output("draft"))
+    assert published.endswith("Highlights: the first 2.")
+
+
+async def test_release_notes_publishes_nothing_when_the_sign_off_is_rejected(
+    worker: None, stepflow: StepflowClient, settings: Settings
+) -> None:
+    run = await stepflow.start_pipeline(RELEASE_NOTES)
+    await _until_waiting(stepflow, run.workflow_id, "highlights")
+    await stepflow.give_input(run.workflow_id, "highlights", 1)
+    await _until_waiting(stepflow, run.workflow_id, "sign-off")
+    await stepflow.reject(run.workflow_id, "sign-off", comment="typo in line 2")
+
+    result = await stepflow.get_result(run.workflow_id)
+    assert result.status is PipelineStatus.FAILED
+    assert result.step("sign-off").error == "rejected: typo in line 2"
+    assert result.step("publish").status is StepStatus.SKIPPED
+    assert not (settings.workspace / "releases").exists()
