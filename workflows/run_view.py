@@ -15,6 +15,9 @@ from workflows.models import StepRecord, StepStatus
 ACTIVE = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
 """A step in one of these has not ended yet."""
 
+DETAILS_MAX_ROWS = 40
+"""Past this many steps the details list only the steps that are busy or went wrong."""
+
 
 def live_status(records: list[StepRecord], paused: bool) -> RunStatus:
     """A running pipeline's status: paused, waiting for a person, or just running."""
@@ -57,14 +60,20 @@ def _seconds(value: timedelta | None) -> str:
 def details_markdown(
     pipeline: str, status: RunStatus, records: list[StepRecord], now: datetime
 ) -> str:
-    """The pipeline's current details in the Web UI: a small table, one row per step."""
-    lines = [
-        f"**{pipeline}** · {status.value}",
-        "",
-        "| step | status | attempts | time |",
-        "|---|---|---|---|",
-    ]
-    for record in records:
+    """The pipeline's current details in the Web UI: a small table, one row per step.
+
+    A big pipeline gets a line of counts and rows for the steps worth a look only:
+    the details are rebuilt whenever a step changes, and should stay small.
+    """
+    shown = records
+    heading = f"**{pipeline}** · {status.value}"
+    if len(records) > DETAILS_MAX_ROWS:
+        quiet = (StepStatus.PENDING, StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+        shown = [r for r in records if r.status not in quiet][:DETAILS_MAX_ROWS]
+        tally = ", ".join(f"{n} {s.value.lower()}" for s, n in counts(records).items())
+        heading += f" · {len(records)} steps: {tally}"
+    lines = [heading, "", "| step | status | attempts | time |", "|---|---|---|---|"]
+    for record in shown:
         attempts = str(record.attempts) if record.attempts else ""
         lines.append(
             f"| {record.id} | {step_state(record)} | {attempts} | "
