@@ -159,6 +159,39 @@ def test_a_good_file_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             "step 'a': depends_on: a step cannot depend on itself",
             id="self-dependency",
         ),
+        pytest.param(
+            bad("- {id: g, kind: approval, on_timeout: approve}"),
+            "step 'g': on_timeout: has no effect without a timeout",
+            id="approval-on-timeout-without-timeout",
+        ),
+        pytest.param(
+            bad("- {id: g, kind: approval, timeout: 1d, on_timeout: later}"),
+            "step 'g': on_timeout: Input should be 'approve', 'reject' or 'fail'",
+            id="approval-bad-on-timeout",
+        ),
+        pytest.param(
+            bad("- {id: g, kind: approval, timeout: {start_to_close: 1h}}"),
+            "step 'g': timeout",
+            id="approval-timeout-is-a-duration",
+        ),
+        pytest.param(
+            bad("""
+                - {id: a, kind: tool, tool: echo}
+                - {id: g, kind: approval, message: "ship {{ steps.a.output }}?"}
+            """),
+            "step 'g': message: {{ steps.a.output }} uses step 'a', which is not in depends_on",
+            id="approval-message-reference",
+        ),
+        pytest.param(
+            bad("- {id: n, kind: input, schema: {type: integr}}"),
+            "step 'n': schema: not a valid JSON Schema",
+            id="input-bad-schema",
+        ),
+        pytest.param(
+            bad("- {id: n, kind: input, retry: {max_attempts: 2}}"),
+            "step 'n': retry: unknown key (a typo?)",
+            id="input-has-no-retry",
+        ),
         pytest.param("name: bad\nsteps: [\n", "is not valid YAML at line", id="not-yaml"),
         pytest.param("- just a list\n", "must be a mapping", id="not-a-mapping"),
     ],

@@ -15,7 +15,15 @@ from typing import Any
 import jsonschema
 from pydantic import TypeAdapter, ValidationError
 
-from workflows.models import AgentStep, InputStep, InputType, PipelineSpec, Step, ToolStep
+from workflows.models import (
+    AgentStep,
+    ApprovalStep,
+    InputStep,
+    InputType,
+    PipelineSpec,
+    Step,
+    ToolStep,
+)
 from workflows.templates import TemplateError, iter_references
 
 
@@ -94,6 +102,12 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
                 issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
+        if (
+            isinstance(step, ApprovalStep)
+            and step.timeout is None
+            and "on_timeout" in step.model_fields_set
+        ):
+            issues.append(SpecIssue("has no effect without a timeout", step.id, "on_timeout"))
         if isinstance(step, InputStep):
             try:
                 jsonschema.Draft202012Validator.check_schema(step.value_schema)
