@@ -35,8 +35,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# tests/run.py exits with pytest's own status, never the SDK's exit-134 abort at shutdown.
+# The browser test needs Debian's chromium: installed here when missing and we may (root or
+# passwordless sudo); never fails, the test skips saying why. tests/run.py exits with pytest's
+# own status, never the SDK's exit-134 abort at shutdown.
 pytest: $(STAMP)
+	@bash tests/setup/install_chromium.sh
 	$(BIN)/python tests/run.py
 
 ## bench: the side-by-side measurements (not part of `make test`)

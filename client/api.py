@@ -1,24 +1,50 @@
-"""The Python API for scripts: start pipelines and read their results.
+"""The Python API for scripts: start pipelines, watch and steer their runs, read their results.
 
 client = await StepflowClient.connect()
 run = await client.start_pipeline("examples/hello.yaml", {"topic": "durable agents"})
+state = await client.status(run.workflow_id)      # the `status` query
+await client.approve(run.workflow_id, "deploy", comment="looks good")
 result = await client.get_result(run.workflow_id)
+
+Schedules live in `client.schedules`, the `history` timeline in `client.timeline`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from client.loading import check_spec, load_spec_file
+from client.runs import (
+    RunSummary,
+    attributes_unregistered,
+    list_query,
+    run_summary,
+    stepflow_attributes,
+    warn_unregistered,
+)
+from client.timeline import TimelineEvent, build_timeline, child_executions, merge
 from runtime.connection import connect
 from runtime.settings import Settings, get_settings
+from workflows import control
+from workflows.control import PipelineState, StepInput, StepRequest
 from workflows.models import PipelineInput, PipelineResult, PipelineSpec
 from workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
 from workflows.validation import resolve_inputs
@@ -32,6 +58,10 @@ class RunNotFound(LookupError):
     """No run with that workflow id in this namespace."""
 
 
+class ControlRejected(RuntimeError):
+    """The run refused a request (its validator said why), or the run has already ended."""
+
+
 @dataclass(frozen=True)
 class PipelineRun:
     """A started run."""
@@ -41,12 +71,55 @@ class PipelineRun:
     ui_url: str
 
 
+QUERY_TIMEOUT = timedelta(seconds=10)
+"""A query needs a worker; without one it would wait for the server's own deadline."""
+
+
+def timed_out(err: RPCError) -> bool:
+    """The call's own deadline passed (the SDK reports it as CANCELLED "Timeout expired")."""
+    return err.status == RPCStatusCode.DEADLINE_EXCEEDED or (
+        err.status == RPCStatusCode.CANCELLED and "Timeout expired" in err.message
+    )
+
+
+def load_pipeline(pipeline: PipelineSpec | str | Path) -> PipelineSpec:
+    """A spec, or the spec in a YAML file, checked completely (tools included).
+
+    Raises:
+        SpecError: every problem found.
+    """
+    spec = pipeline if isinstance(pipeline, PipelineSpec) else load_spec_file(pipeline)
+    check_spec(spec)
+    return spec
+
+
+@contextmanager
+def control_errors(workflow_id: str) -> Iterator[None]:
+    """Temporal's errors about one run as `RunNotFound` or `ControlRejected`: one clear line."""
+    try:
+        yield
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+        raise ControlRejected(message) from None
+    except WorkflowQueryFailedError as err:
+        raise ControlRejected(f"run {workflow_id} could not answer: {err.message}") from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            if "already completed" in err.message:
+                raise ControlRejected(f"run {workflow_id} has already ended") from None
+            raise RunNotFound(f"no run with id {workflow_id!r}") from None
+        raise
+
+
 class StepflowClient:
-    """Starts pipelines on a Temporal namespace and reads their results."""
+    """Starts pipelines on a Temporal namespace, steers their runs and reads their results."""
 
     def __init__(self, client: Client, *, settings: Settings | None = None) -> None:
         self.temporal = client
         self.settings = settings or get_settings()
+        self.query_timeout = QUERY_TIMEOUT
+        self._attributes_registered = True
 
     @classmethod
     async def connect(cls, profile: str | None = None) -> StepflowClient:
@@ -59,6 +132,13 @@ class StepflowClient:
         url = f"{base}/namespaces/{self.temporal.namespace}/workflows/{workflow_id}"
         return f"{url}/{run_id}/history" if run_id else url
 
+    def _handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any, Any]:
+        return self.temporal.get_workflow_handle_for(
+            PipelineWorkflow.run, workflow_id, run_id=run_id
+        )
+
+    # -- starting and results ---------------------------------------------------------------
+
     async def start_pipeline(
         self,
         pipeline: PipelineSpec | str | Path,
@@ -69,6 +149,10 @@ class StepflowClient:
     ) -> PipelineRun:
         """Validate a pipeline and its inputs completely, then start it.
 
+        The run carries the search attributes `StepflowPipeline` and `StepflowStatus`
+        where the namespace has them registered; elsewhere it starts without them
+        (with one warning), since a run matters more than its listing.
+
         Args:
             pipeline: A spec, or the path of a YAML file.
             inputs: Values of the pipeline's inputs (checked against their types).
@@ -78,18 +162,32 @@ class StepflowClient:
         Raises:
             workflows.validation.SpecError: the pipeline or inputs are invalid; nothing started.
         """
-        spec = pipeline if isinstance(pipeline, PipelineSpec) else load_spec_file(pipeline)
-        check_spec(spec)
+        spec = load_pipeline(pipeline)
         resolved = resolve_inputs(spec, inputs or {})
         workflow_id = workflow_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        handle = await self.temporal.start_workflow(
-            PipelineWorkflow.run,
-            PipelineInput(spec=spec, inputs=resolved),
-            id=workflow_id,
-            task_queue=task_queue or self.settings.task_queue,
-            memo={"pipeline": spec.name, "description": spec.description or ""},
-            static_summary=f"pipeline {spec.name}",
-        )
+
+        async def start(attributes: TypedSearchAttributes | None) -> WorkflowHandle[Any, Any]:
+            return await self.temporal.start_workflow(
+                PipelineWorkflow.run,
+                PipelineInput(spec=spec, inputs=resolved),
+                id=workflow_id,
+                task_queue=task_queue or self.settings.task_queue,
+                memo={"pipeline": spec.name, "description": spec.description or ""},
+                search_attributes=attributes,
+                static_summary=f"pipeline {spec.name}",
+            )
+
+        if self._attributes_registered:
+            try:
+                handle = await start(stepflow_attributes(spec.name))
+            except RPCError as err:
+                if not attributes_unregistered(err):
+                    raise
+                warn_unregistered(err)
+                self._attributes_registered = False
+                handle = await start(None)
+        else:
+            handle = await start(None)
         run_id = handle.result_run_id or ""
         return PipelineRun(workflow_id, run_id, self.ui_url(workflow_id, run_id))
 
@@ -100,9 +198,7 @@ class StepflowClient:
             RunNotFound: no such run.
             PipelineError: the run ended without a result (invalid spec, cancelled, ...).
         """
-        handle = self.temporal.get_workflow_handle_for(
-            PipelineWorkflow.run, workflow_id, run_id=run_id
-        )
+        handle = self._handle(workflow_id, run_id)
         try:
             return await handle.result(follow_runs=True)
         except WorkflowFailureError as err:
@@ -130,5 +226,162 @@ class StepflowClient:
         )
         return await self.get_result(run.workflow_id, run.run_id)
 
+    # -- seeing a run -----------------------------------------------------------------------
 
-__all__ = ["PipelineError", "PipelineRun", "RunNotFound", "StepflowClient"]
+    async def status(self, workflow_id: str) -> PipelineState:
+        """The run now, step by step (the `status` query; a closed run answers too).
+
+        Raises:
+            RunNotFound: no such run.
+            ControlRejected: the run could not answer (e.g. its worker predates the query).
+        """
+        with control_errors(workflow_id):
+            try:
+                return await self._handle(workflow_id).query(
+                    control.STATUS_QUERY, result_type=PipelineState, rpc_timeout=self.query_timeout
+                )
+            except RPCError as err:
+                if not timed_out(err):
+                    raise
+                raise ControlRejected(
+                    f"run {workflow_id} did not answer within "
+                    f"{self.query_timeout.total_seconds():g}s: "
+                    "is a worker running on its task queue?"
+                ) from None
+
+    async def describe(self, workflow_id: str) -> RunSummary:
+        """What Temporal itself knows of the run (no worker needed).
+
+        Raises:
+            RunNotFound: no such run.
+        """
+        with control_errors(workflow_id):
+            return await run_summary(await self._handle(workflow_id).describe())
+
+    async def list_runs(
+        self, status: str | None = None, pipeline: str | None = None, limit: int = 50
+    ) -> list[RunSummary]:
+        """Pipeline runs, newest first, through visibility (eventually consistent: ~1 s behind).
+
+        Args:
+            status: A `RunStatus` value, or TERMINATED / TIMED_OUT.
+            pipeline: A pipeline name (needs the `StepflowPipeline` search attribute).
+
+        Raises:
+            ValueError: an unknown status or a malformed pipeline name.
+        """
+        query = list_query(status, pipeline)
+        runs = []
+        async for execution in self.temporal.list_workflows(query, limit=limit):
+            runs.append(await run_summary(execution))
+        return runs
+
+    async def history(self, workflow_id: str) -> list[TimelineEvent]:
+        """The run's events as a readable timeline, its agent steps' (child workflows') merged in.
+
+        Raises:
+            RunNotFound: no such run.
+        """
+        converter = self.temporal.data_converter
+        with control_errors(workflow_id):
+            events = (await self._handle(workflow_id).fetch_history()).events
+        timeline = await build_timeline(events, converter)
+        timelines = [timeline]
+        origin = timeline[0].time if timeline else None
+        for child_id, child_run_id in child_executions(events):
+            handle = self.temporal.get_workflow_handle(child_id, run_id=child_run_id)
+            try:
+                child_events = (await handle.fetch_history()).events
+            except RPCError as err:  # a child's history can be gone (retention) before its parent's
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                continue
+            timelines.append(
+                await build_timeline(child_events, converter, origin=origin, child=True)
+            )
+        return merge(*timelines)
+
+    async def wait_closed(self, workflow_id: str) -> RunSummary:
+        """The run once Temporal has closed it; bound the wait with `asyncio.timeout`."""
+        while True:
+            summary = await self.describe(workflow_id)
+            if summary.closed:
+                return summary
+            await asyncio.sleep(0.1)
+
+    # -- steering a run ---------------------------------------------------------------------
+
+    async def _update(self, workflow_id: str, name: str, arg: Any = None) -> str:
+        handle = self._handle(workflow_id)
+        with control_errors(workflow_id):
+            if arg is None:
+                return str(await handle.execute_update(name, result_type=str))
+            return str(await handle.execute_update(name, arg, result_type=str))
+
+    async def pause(self, workflow_id: str) -> str:
+        """No new step starts until `resume`; running ones finish. Returns what happened.
+
+        Raises:
+            RunNotFound: no such run.
+            ControlRejected: already paused, or the run has ended.
+        """
+        return await self._update(workflow_id, control.PAUSE)
+
+    async def resume(self, workflow_id: str) -> str:
+        """Let a paused run start steps again. Raises like `pause`."""
+        return await self._update(workflow_id, control.RESUME)
+
+    async def cancel_step(self, workflow_id: str, step: str, comment: str | None = None) -> str:
+        """End one step CANCELLED (its running work is cancelled); its `on_failure` applies.
+
+        Raises:
+            RunNotFound: no such run.
+            ControlRejected: an unknown step, or one that has already ended.
+        """
+        return await self._update(
+            workflow_id, control.CANCEL_STEP, StepRequest(step=step, comment=comment)
+        )
+
+    async def approve(self, workflow_id: str, step: str, comment: str | None = None) -> str:
+        """Approve a waiting approval step. Raises `ControlRejected` if it is not waiting."""
+        return await self._update(
+            workflow_id, control.APPROVE, StepRequest(step=step, comment=comment)
+        )
+
+    async def reject(self, workflow_id: str, step: str, comment: str | None = None) -> str:
+        """Reject a waiting approval step: it fails (type `Rejected`) and `on_failure` applies."""
+        return await self._update(
+            workflow_id, control.REJECT, StepRequest(step=step, comment=comment)
+        )
+
+    async def give_input(self, workflow_id: str, step: str, value: Any) -> str:
+        """Give a waiting input step its value; `ControlRejected` says why a value does not fit."""
+        return await self._update(workflow_id, control.INPUT, StepInput(step=step, value=value))
+
+    async def cancel(self, workflow_id: str) -> None:
+        """Cancel the whole run: running work is cancelled, no step starts, it ends CANCELED.
+
+        Raises:
+            RunNotFound: no such run.
+            ControlRejected: the run has already ended.
+        """
+        summary = await self.describe(workflow_id)  # Temporal accepts cancelling an ended run
+        if summary.closed:
+            raise ControlRejected(f"run {workflow_id} has already ended ({summary.status})")
+        with control_errors(workflow_id):
+            await self._handle(workflow_id).cancel()
+
+    async def terminate(self, workflow_id: str, reason: str | None = None) -> None:
+        """End the run at once, without its workflow code running (unlike `cancel`)."""
+        with control_errors(workflow_id):
+            await self._handle(workflow_id).terminate(reason=reason)
+
+
+__all__ = [
+    "ControlRejected",
+    "PipelineError",
+    "PipelineRun",
+    "RunNotFound",
+    "RunSummary",
+    "StepflowClient",
+]

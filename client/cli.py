@@ -3,59 +3,57 @@
     stepflow validate FILE
     stepflow run FILE [--input NAME=VALUE ...] [--id ID] [--no-wait] [--json]
     stepflow result ID [--json]
+    stepflow status ID [--json]                 the run's steps now
+    stepflow watch ID                           follow it until it ends
+    stepflow list [--status S] [--pipeline P] [--json]
+    stepflow approve ID STEP [--comment C]      approval steps
+    stepflow reject ID STEP [--comment C]
+    stepflow input ID STEP VALUE                input steps (VALUE: JSON, else text)
+    stepflow pause ID | resume ID
+    stepflow cancel ID [--terminate [--reason R]] | cancel ID --step STEP [--comment C]
+    stepflow history ID [--json]                a readable timeline of its events
+    stepflow ui ID                              its Web UI link
+    stepflow schedule create FILE (--cron EXPR | --every DURATION) [--input ...] [--id ID]
+    stepflow schedule list | pause ID | unpause ID | trigger ID | delete ID
     stepflow tools [--json]
     stepflow dev start | stop | status
 
-Exit codes: 0 succeeded, 1 the pipeline failed, 2 bad input or usage (and
-anything else that kept the command from doing its job, with one clear line).
+Exit codes: 0 succeeded, 1 the pipeline failed (or, for `watch`, was
+cancelled), 2 bad input or usage: an unknown id, a request the run refused
+(anything that kept the command from doing its job), with one clear line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from rich.console import Console
+from temporalio.service import RPCError
 
 from activities.registry import load_tool_modules
-from client.api import PipelineError, RunNotFound, StepflowClient
+from client.api import ControlRejected, PipelineError, RunNotFound, StepflowClient
+from client.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    err,
+    out,
+    parse_inputs,
+)
+from client.control_commands import add_control_commands
 from client.loading import check_spec, load_spec_file
 from client.render import print_result
+from client.schedule_commands import add_schedule_commands
+from client.schedules import ScheduleError, ScheduleNotFound
 from runtime import devserver, exit_now
 from runtime.connection import ConnectionFailed
+from runtime.logging import configure_logging
 from runtime.settings import get_settings
-from workflows.models import PipelineResult, PipelineSpec, PipelineStatus
+from workflows.models import PipelineResult, PipelineStatus
 from workflows.validation import SpecError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-class UsageError(Exception):
-    """Bad arguments: one line on stderr, exit code 2."""
-
-
-def parse_inputs(spec: PipelineSpec, pairs: list[str]) -> dict[str, Any]:
-    """`NAME=VALUE` pairs; VALUE is read as JSON where the input's type is not a string."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--input {pair!r}: write NAME=VALUE")
-        decl = spec.inputs.get(name)
-        value: Any = text
-        if decl is not None and decl.type not in ("string",):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                value = text  # let the type check say what is wrong
-        values[name] = value
-    return values
 
 
 def _result_exit(result: PipelineResult) -> int:
@@ -183,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_result)
 
+    add_control_commands(sub)
+    add_schedule_commands(sub)
+
     p = sub.add_parser("tools", help="list the registered tools")
     p.add_argument("--json", action="store_true", help="with their argument schemas")
     p.set_defaults(handler=cmd_tools)
@@ -206,11 +207,17 @@ def _one_line_errors(
     except (
         UsageError,
         RunNotFound,
+        ControlRejected,
+        ScheduleError,
+        ScheduleNotFound,
         ConnectionFailed,
         devserver.DevServerError,
         ImportError,
     ) as error:
         err.print(f"stepflow: {error}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except RPCError as error:  # the server refused, e.g. a visibility query it cannot run
+        err.print(f"stepflow: the server said: {error.message}", markup=False, highlight=False)
         return EXIT_USAGE
     except PipelineError as error:
         err.print(f"stepflow: {error}", markup=False, highlight=False)
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `stepflow` console script: `main`, with an exit code the SDK cannot turn into 134."""
+    configure_logging(get_settings())  # warnings go to stderr, never into --json output
     exit_now(main())
 
 

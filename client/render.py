@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from workflows.control import PipelineState, RunStatus
 from workflows.models import OFFLINE_MODEL, PipelineResult, PipelineStatus, StepRecord, StepStatus
 
 STATUS_STYLE = {
@@ -44,18 +45,50 @@ def preview(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def status_text(record: StepRecord) -> str:
+    """The status with what qualifies it: `RETRYING (attempt 3)`, `WAITING for approval`."""
+    if record.status is StepStatus.RETRYING:
+        return f"RETRYING (attempt {record.attempts})"
+    if record.status is StepStatus.WAITING and record.waiting_for:
+        return f"WAITING for {record.waiting_for}"
+    return record.status.value
+
+
+def elapsed(record: StepRecord, now: datetime | None) -> timedelta | None:
+    """How long the step ran, or (with `now`) has been running so far."""
+    if record.started_at is None:
+        return None
+    end = record.ended_at or now
+    return end - record.started_at if end else None
+
+
 def _detail(record: StepRecord) -> Text:
     if record.used_fallback:
         return Text(f"fallback {preview(record.output, 30)} ({record.error})", style="yellow")
+    if record.status is StepStatus.WAITING:
+        return Text(
+            preview(record.message or f"waiting for {record.waiting_for}", 90), style="magenta"
+        )
     if record.status is StepStatus.SUCCEEDED:
-        return Text(preview(record.output))
-    if record.error:
-        return Text(f"{record.error_type}: {record.error}", style="red")
-    return Text(record.reason or "", style="dim")
+        text = Text(preview(record.output))
+    elif record.error:
+        text = Text(f"{record.error_type}: {record.error}", style="red")
+    else:
+        text = Text(record.reason or "", style="dim")
+    if record.comment and record.comment not in text.plain:
+        text.append(f" ({record.comment})", style="dim")
+    return text
 
 
 def _model(record: StepRecord) -> Text:
     """Agent steps: the model (the offline one stands out), its calls, tools and tokens."""
+    running = record.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+    if running and record.model_call:
+        limit = f"/{record.max_model_calls}" if record.max_model_calls else ""
+        text = Text(f"{record.model + ', ' if record.model else ''}call {record.model_call}{limit}")
+        if record.usage:
+            text.append(f", {record.usage.total_tokens:,} tok", style="dim")
+        return text
     if record.model is None:
         return Text("-", style="dim")
     usage = record.usage
@@ -69,36 +102,43 @@ def _model(record: StepRecord) -> Text:
     return text
 
 
-def steps_table(result: PipelineResult) -> Table:
-    agents = any(record.model is not None for record in result.steps)
-    table = Table(title=f"pipeline {result.pipeline}", title_justify="left")
+def steps_table(
+    pipeline: str, records: list[StepRecord], now: datetime | None = None, detail: bool = True
+) -> Table:
+    """One row per step; `now` gives running steps their elapsed time so far."""
+    agents = any(r.kind == "agent" or r.model is not None for r in records)
+    table = Table(title=f"pipeline {pipeline}", title_justify="left")
     table.add_column("step")
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("time", justify="right")
     if agents:
         table.add_column("model")
-    table.add_column("output / error")
-    for record in result.steps:
+    if detail:
+        table.add_column("output / error")
+    for record in records:
         cells: list[str | Text] = [
             record.id,
-            Text(record.status.value, style=STATUS_STYLE[record.status]),
+            Text(status_text(record), style=STATUS_STYLE[record.status]),
             str(record.attempts) if record.attempts else "-",
-            format_seconds(record.duration),
+            format_seconds(elapsed(record, now)),
         ]
         if agents:
             cells.append(_model(record))
-        table.add_row(*cells, _detail(record))
+        if detail:
+            cells.append(_detail(record))
+        table.add_row(*cells)
     return table
 
 
-def usage_line(result: PipelineResult) -> str | None:
+def usage_line(result: PipelineResult | PipelineState) -> str | None:
     """Tokens of the whole run, and a warning when the offline model answered."""
     usage = result.usage
     if not usage.model_calls:
         return None
     line = (
-        f"{usage.model_calls} model calls, {usage.prompt_tokens:,} prompt + "
+        f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''}, "
+        f"{usage.prompt_tokens:,} prompt + "
         f"{usage.completion_tokens:,} completion = {usage.total_tokens:,} tokens"
     )
     if any(record.model == OFFLINE_MODEL for record in result.steps):
@@ -119,9 +159,76 @@ def summary_line(result: PipelineResult) -> str:
 
 
 def print_result(console: Console, result: PipelineResult) -> None:
-    console.print(steps_table(result))
+    console.print(steps_table(result.pipeline, result.steps))
     usage = usage_line(result)
     if usage:
         console.print(Text(usage, style="dim"))
     style = "green" if result.status is PipelineStatus.SUCCEEDED else "red"
     console.print(Text(summary_line(result), style=style))
+
+
+RUN_STYLE = {
+    RunStatus.RUNNING: "cyan",
+    RunStatus.PAUSED: "yellow",
+    RunStatus.WAITING: "magenta",
+    RunStatus.SUCCEEDED: "green",
+    RunStatus.FAILED: "red",
+    RunStatus.CANCELLED: "yellow",
+}
+
+
+COUNT_ORDER = [
+    StepStatus.SUCCEEDED,
+    StepStatus.FAILED,
+    StepStatus.TIMED_OUT,
+    StepStatus.CANCELLED,
+    StepStatus.SKIPPED,
+    StepStatus.RUNNING,
+    StepStatus.RETRYING,
+    StepStatus.WAITING,
+    StepStatus.PENDING,
+]
+
+
+def counts_line(state: PipelineState) -> str:
+    """`2 succeeded, 1 running, 1 waiting, 3 pending`: what is done first, then what is not."""
+    return ", ".join(
+        f"{state.counts[status]} {status.value.lower().replace('_', ' ')}"
+        for status in COUNT_ORDER
+        if state.counts.get(status)
+    )
+
+
+def state_now(state: PipelineState) -> datetime:
+    """Running steps' elapsed time counts to the wall clock; an ended run's to its end."""
+    return state.as_of if state.finished else max(state.as_of, datetime.now(UTC))
+
+
+def run_line(state: PipelineState, closed_as: str | None = None) -> Text:
+    """`run X RUNNING for 12.3s` or `... SUCCEEDED in 3.2s`; `closed_as` is Temporal's word
+    for a run that ended without saying so itself (TERMINATED, TIMED_OUT)."""
+    if closed_as and closed_as != state.status.value:
+        return Text(
+            f"run {state.workflow_id} {closed_as} (last reported {state.status.value})", style="red"
+        )
+    took = format_seconds(state_now(state) - state.started_at)
+    when = f"in {took}" if state.finished else f"for {took}"
+    line = Text(
+        f"run {state.workflow_id} {state.status.value} {when}", style=RUN_STYLE[state.status]
+    )
+    if state.error:
+        line.append(f": {state.error}")
+    return line
+
+
+def print_state(
+    console: Console, state: PipelineState, ui_url: str, closed_as: str | None = None
+) -> None:
+    """What `stepflow status` shows: the steps, counts, tokens, the run and its Web UI link."""
+    console.print(steps_table(state.pipeline, state.steps, now=state_now(state)))
+    console.print(Text(counts_line(state), style="dim"))
+    usage = usage_line(state)
+    if usage:
+        console.print(Text(usage, style="dim"))
+    console.print(run_line(state, closed_as))
+    console.print(f"Web UI: {ui_url}", highlight=False)

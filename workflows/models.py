@@ -198,9 +198,10 @@ class ApprovalStep(StepBase):
     timeout: PositiveDuration | None = Field(
         default=None, description="How long to wait (a durable timer); absent: for ever."
     )
-    on_timeout: Literal["approve", "reject", "fail"] = Field(
-        default="fail",
-        description="When the timeout fires: approve, reject, or fail the step as TIMED_OUT.",
+    on_timeout: Literal["approve", "reject", "fail"] | None = Field(
+        default=None,
+        description="When the timeout fires: approve, reject, or fail the step as TIMED_OUT "
+        "(absent: fail).",
     )
 
 

@@ -173,16 +173,16 @@ class PipelineWorkflow:
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
         spec = input.spec
+        self._start_visibility(spec)
         try:
             inputs = check_pipeline(spec, input.inputs)
         except SpecError as err:
             # A user mistake never heals: fail the run now instead of retrying the task.
-            raise ApplicationError(
-                f"invalid pipeline {spec.name!r}:\n{err}", type=INVALID_PIPELINE, non_retryable=True
-            ) from None
+            message = f"invalid pipeline {spec.name!r}:\n{err}"
+            self._end(RunStatus.FAILED, message)
+            raise ApplicationError(message, type=INVALID_PIPELINE, non_retryable=True) from None
 
         self._plan(spec)
-        self._start_visibility(spec)
         try:
             while True:
                 self._start_ready(spec, inputs)

@@ -81,6 +81,9 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+_DECIDES = ("approve", "reject")
+
+
 def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
     """Duplicate ids, unknown or self dependencies, cycles, and references to undeclared things."""
     issues: list[SpecIssue] = []
@@ -102,11 +105,8 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
                 issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
-        if (
-            isinstance(step, ApprovalStep)
-            and step.timeout is None
-            and "on_timeout" in step.model_fields_set
-        ):
+        # `fail` is what happens anyway (and what runs recorded before it was optional carry).
+        if isinstance(step, ApprovalStep) and not step.timeout and step.on_timeout in _DECIDES:
             issues.append(SpecIssue("has no effect without a timeout", step.id, "on_timeout"))
         if isinstance(step, InputStep):
             try:

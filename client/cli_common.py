@@ -1,0 +1,58 @@
+"""What every `stepflow` command shares: the consoles, exit codes, and reading arguments."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from rich.console import Console
+
+from workflows.durations import parse_duration
+from workflows.models import PipelineSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit code 2."""
+
+
+def parse_inputs(spec: PipelineSpec, pairs: list[str]) -> dict[str, Any]:
+    """`NAME=VALUE` pairs; VALUE is read as JSON where the input's type is not a string."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--input {pair!r}: write NAME=VALUE")
+        decl = spec.inputs.get(name)
+        value: Any = text
+        if decl is not None and decl.type not in ("string",):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text  # let the type check say what is wrong
+        values[name] = value
+    return values
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON where it parses (`42`, `true`, `{"a": 1}`), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_interval(text: str) -> timedelta:
+    """`30s`, `5m`, `1h30m`: how often a schedule starts a run."""
+    try:
+        value = parse_duration(text)
+    except ValueError as error:
+        raise UsageError(f"--every {text!r}: {error}") from None
+    if not isinstance(value, timedelta):
+        raise UsageError(f"--every {text!r}: use a number and a unit, e.g. 30s, 5m, 1h")
+    return value
