@@ -186,6 +186,11 @@ class AgentStepWorkflow:
             self._fail(f"model call {number} failed: {cause or err}", type(cause or err).__name__)
         self._usage = self._usage.plus(reply.usage)
         self._model = reply.model
+        if reply.tool_calls:
+            # Its tools may run for long: the pipeline's tokens so far include this call now.
+            self._report_progress(
+                StepProgress(step=step.id, usage=self._usage, tool_calls=self._tool_calls)
+            )
         return reply
 
     async def _run_tools(

@@ -169,6 +169,8 @@ class PipelineWorkflow:
         self._error: str | None = None
         self._published: RunStatus | None = None
         self._keep_attributes = False
+        self._update_task: int | None = None
+        """History length of the workflow task that last accepted an update."""
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -198,6 +200,7 @@ class PipelineWorkflow:
         except asyncio.CancelledError:
             await self._cancel_all("pipeline was cancelled")
             self._end(RunStatus.CANCELLED, "the run was cancelled")
+            await self._answer_updates_before_closing()
             raise
 
         result = self._result(spec, self._started_at)
@@ -205,8 +208,7 @@ class PipelineWorkflow:
             RunStatus.FAILED if result.status is PipelineStatus.FAILED else RunStatus.SUCCEEDED,
             result.error,
         )
-        # An update accepted just as the last step ended still gets its answer.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._answer_updates_before_closing()
         if result.status is PipelineStatus.FAILED:
             raise ApplicationError(
                 result.error or "pipeline failed",
@@ -542,6 +544,7 @@ class PipelineWorkflow:
 
     @workflow.update(name=PAUSE)
     def pause(self) -> str:
+        self._note_update()
         self._do_pause()
         return "paused: no new step starts; running steps finish"
 
@@ -551,6 +554,7 @@ class PipelineWorkflow:
 
     @workflow.update(name=RESUME)
     def resume(self) -> str:
+        self._note_update()
         self._do_resume()
         return "resumed"
 
@@ -560,6 +564,7 @@ class PipelineWorkflow:
 
     @workflow.update(name=CANCEL_STEP)
     def cancel_step(self, request: StepRequest) -> str:
+        self._note_update()
         self._do_cancel_step(request)
         return f"cancelled step {request.step!r}"
 
@@ -654,9 +659,25 @@ class PipelineWorkflow:
 
     def _answer(self, step_id: str, action: str, value: Any) -> str:
         """Hand a waiting step its answer; `_wait_for_person` picks it up."""
+        self._note_update()
         self._answers[step_id] = (action, value)
         done = {APPROVE: "approved", REJECT: "rejected", INPUT: "gave input to"}[action]
         return f"{done} step {step_id!r}"
+
+    def _note_update(self) -> None:
+        self._update_task = workflow.info().get_current_history_length()
+
+    async def _answer_updates_before_closing(self) -> None:
+        """Every handler finishes, and an update's answer never rides on the closing task.
+
+        If the task that closes the run also accepted an update, and an event arrives
+        meanwhile (the activity a `cancel_step` stopped completing after all), the server
+        refuses the whole task and drops the update, whose sender then gets an error
+        instead of an answer. A 1 ms timer gives the answer a task of its own.
+        """
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._update_task == workflow.info().get_current_history_length():
+            await workflow.sleep(timedelta(milliseconds=1), summary="answer updates first")
 
     def _check_answer(self, step_id: str) -> None:
         if step_id in self._answers:
