@@ -26,6 +26,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
@@ -74,6 +75,9 @@ class PipelineRun:
 QUERY_TIMEOUT = timedelta(seconds=10)
 """A query needs a worker; without one it would wait for the server's own deadline."""
 
+UPDATE_TIMEOUT = timedelta(seconds=20)
+"""An update needs a worker too; without one `execute_update` would wait for ever."""
+
 
 def timed_out(err: RPCError) -> bool:
     """The call's own deadline passed (the SDK reports it as CANCELLED "Timeout expired")."""
@@ -119,6 +123,7 @@ class StepflowClient:
         self.temporal = client
         self.settings = settings or get_settings()
         self.query_timeout = QUERY_TIMEOUT
+        self.update_timeout = UPDATE_TIMEOUT
         self._attributes_registered = True
 
     @classmethod
@@ -313,10 +318,22 @@ class StepflowClient:
 
     async def _update(self, workflow_id: str, name: str, arg: Any = None) -> str:
         handle = self._handle(workflow_id)
+        timeout = self.update_timeout
         with control_errors(workflow_id):
-            if arg is None:
-                return str(await handle.execute_update(name, result_type=str))
-            return str(await handle.execute_update(name, arg, result_type=str))
+            try:
+                if arg is None:
+                    answer = await handle.execute_update(name, result_type=str, rpc_timeout=timeout)
+                else:
+                    answer = await handle.execute_update(
+                        name, arg, result_type=str, rpc_timeout=timeout
+                    )
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
+                raise ControlRejected(
+                    f"run {workflow_id} did not answer {name!r} within "
+                    f"{timeout.total_seconds():g}s: is a worker running on its task queue? "
+                    "(the request may still take effect when one starts)"
+                ) from None
+            return str(answer)
 
     async def pause(self, workflow_id: str) -> str:
         """No new step starts until `resume`; running ones finish. Returns what happened.

@@ -149,7 +149,10 @@ def list_query(status: str | None = None, pipeline: str | None = None) -> str:
             query += f" AND ExecutionStatus = '{_VISIBILITY_STATUS[status]}'"
         else:
             attribute = control.STATUS_ATTRIBUTE.name
-            query += f" AND ExecutionStatus = 'Running' AND {attribute} = '{status}'"
+            condition = f"{attribute} = '{status}'"
+            if status == RunStatus.RUNNING.value:  # runs started without the attributes, too
+                condition = f"({condition} OR {attribute} IS NULL)"
+            query += f" AND ExecutionStatus = 'Running' AND {condition}"
     if pipeline is not None:
         if not _PIPELINE_NAME.fullmatch(pipeline):
             raise ValueError(f"{pipeline!r} is not a pipeline name")

@@ -47,8 +47,8 @@ class Seen:
 
     @property
     def succeeded(self) -> bool:
-        if self.summary.closed and self.summary.status != RunStatus.SUCCEEDED.value:
-            return False
+        if self.summary.closed:  # Temporal's word is final, and needs no worker
+            return self.summary.status == RunStatus.SUCCEEDED.value
         return self.state is not None and self.state.status is RunStatus.SUCCEEDED
 
 

@@ -3,6 +3,7 @@ requests and their errors, describe/list records, and the search attributes runs
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.support.control_tools import (
     CONTROL_TOOL_MODULES,
     Gate,
     approval,
+    eventually,
     gate_step,
     human_input,
     wait_started,
@@ -31,7 +33,8 @@ from tests.support.control_tools import (
 from tests.support.helpers import pipeline, step
 from workflows import control
 from workflows.control import PipelineState, RunStatus
-from workflows.models import PipelineStatus, StepStatus
+from workflows.models import PipelineInput, PipelineStatus, StepStatus
+from workflows.pipeline import PipelineWorkflow
 
 
 @pytest.fixture
@@ -160,9 +163,32 @@ async def test_runs_start_with_search_attributes_and_memo_and_need_a_worker_to_a
     assert "is a worker running on its task queue?" in await rejected(
         stepflow.status(run.workflow_id)
     )
+    stepflow.update_timeout = timedelta(seconds=0.5)  # ...and so does an update
+    assert "is a worker running on its task queue?" in await rejected(
+        stepflow.pause(run.workflow_id)
+    )
     await stepflow.terminate(run.workflow_id)
     summary = await stepflow.describe(run.workflow_id)
     assert (summary.status, summary.stepflow_status) == ("TERMINATED", "RUNNING")
+
+
+async def test_runs_started_without_the_attributes_are_listed_as_running(
+    worker: None, stepflow: StepflowClient, temporal_client: Client, settings: Settings
+) -> None:
+    """A run from `temporal workflow start` has no StepflowStatus; it is still running."""
+    spec = pipeline(approval("hold"), name="no-attributes")
+    handle = await temporal_client.start_workflow(
+        PipelineWorkflow.run,
+        PipelineInput(spec=spec),
+        id=f"no-attributes-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+    )
+
+    async def running() -> set[str]:
+        return {r.workflow_id for r in await stepflow.list_runs(status="RUNNING", limit=500)}
+
+    await eventually(running, lambda ids: handle.id in ids, "the run listed as RUNNING")
+    await stepflow.terminate(handle.id)
 
 
 async def test_list_rejects_unknown_statuses_and_names(stepflow: StepflowClient) -> None:

@@ -10,6 +10,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
+from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from runtime.settings import Settings
 from tests.support.control_tools import (
@@ -37,6 +38,7 @@ from tests.support.control_tools import (
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, tool_calls
 from tests.support.tools import journal_read
+from worker import build_worker
 from workflows.control import (
     APPROVE,
     CANCEL_STEP,
@@ -506,3 +508,37 @@ async def test_a_cancel_racing_the_last_step_to_its_end_still_gets_an_answer(
     else:
         assert accepted_update_ids(events) == ["race"] and len(completed) == 1
         assert result.step("last").status in (StepStatus.CANCELLED, StepStatus.SUCCEEDED)
+
+
+@pytest.mark.parametrize("policy", ["continue", {"fallback": 1}], ids=["continue", "fallback"])
+async def test_cancel_step_in_the_runs_first_task_settles_the_step(
+    temporal_client: Client,
+    settings: Settings,
+    stepflow: StepflowClient,
+    journal: str,
+    policy: object,
+) -> None:
+    """Handlers run before `run` starts: the DAG must already be indexed for them."""
+    spec = pipeline(
+        step("a", "record", args={"journal": journal, "value": 1}, on_failure=policy),
+        step("b", "record", args={"journal": journal, "value": 2}, depends_on=["a"]),
+    )
+    run = await stepflow.start_pipeline(spec)  # no worker yet: the first task waits
+    handle = temporal_client.get_workflow_handle(run.workflow_id)
+    answer = asyncio.create_task(
+        handle.execute_update(CANCEL_STEP, StepRequest(step="a"), result_type=str)
+    )
+    await asyncio.sleep(0.5)  # let the update reach the server before the first task runs
+    tools = load_tool_modules(settings.tool_modules)
+    async with build_worker(temporal_client, settings, tools=tools):
+        assert await asyncio.wait_for(answer, 15) == "cancelled step 'a'"
+        result = await stepflow.get_result(run.workflow_id)
+    history = await handle.fetch_history()
+    assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]
+    a, b = result.step("a"), result.step("b")
+    assert a.error == "cancelled on request" and a.attempts == 0  # it never ran
+    if policy == "continue":
+        assert (a.status, b.status) == (StepStatus.CANCELLED, StepStatus.SKIPPED)
+    else:  # the fallback stands in for its output
+        assert (a.status, a.used_fallback, a.output) == (StepStatus.SUCCEEDED, True, 1)
+        assert (b.status, b.output) == (StepStatus.SUCCEEDED, 2)

@@ -188,6 +188,11 @@ def test_a_good_file_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             id="input-bad-schema",
         ),
         pytest.param(
+            bad("- {id: n, kind: input, schema: {$ref: '#/$defs/missing'}}"),
+            "step 'n': schema: cannot check values: PointerToNowhere",
+            id="input-schema-dangling-ref",
+        ),
+        pytest.param(
             bad("- {id: n, kind: input, retry: {max_attempts: 2}}"),
             "step 'n': retry: unknown key (a typo?)",
             id="input-has-no-retry",

@@ -171,6 +171,7 @@ class PipelineWorkflow:
         self._keep_attributes = False
         self._update_task: int | None = None
         """History length of the workflow task that last accepted an update."""
+        self._plan(spec)  # before any handler runs: a cancel_step in the first task settles
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -184,7 +185,6 @@ class PipelineWorkflow:
             self._end(RunStatus.FAILED, message)
             raise ApplicationError(message, type=INVALID_PIPELINE, non_retryable=True) from None
 
-        self._plan(spec)
         try:
             while True:
                 self._start_ready(spec, inputs)
@@ -227,7 +227,8 @@ class PipelineWorkflow:
         self._dependents = {s.id: [] for s in spec.steps}
         for s in spec.steps:
             for dep in dict.fromkeys(s.depends_on):
-                self._dependents[dep].append(s.id)
+                # An unknown dependency fails the run in `run`; here it must not raise.
+                self._dependents.setdefault(dep, []).append(s.id)
         # Ready steps start in the order the spec lists them: a heap of (position, id).
         self._ready = [(self._order[sid], sid) for sid, n in self._unmet.items() if n == 0]
         heapq.heapify(self._ready)
@@ -400,7 +401,8 @@ class PipelineWorkflow:
                 timeout_summary=f"{step.id} · {wanted} timeout",
             )
         except TimeoutError:  # the builtin one: wait_condition's timer fired
-            return self._timed_out(step, record)
+            if step.id not in self._answers:  # an answer in the same task as the timer wins
+                return self._timed_out(step, record)
         finally:
             record.waiting_for = None
         action, value = self._answers.pop(step.id)
@@ -686,8 +688,9 @@ class PipelineWorkflow:
     def _accepts(self, name: str, check: Any) -> bool:
         try:
             check()
-        except ApplicationError as err:
-            workflow.logger.warning("ignored signal %r: %s", name, err.message)
+        except Exception as err:  # a signal can only be ignored: never fail the task over one
+            message = err.message if isinstance(err, ApplicationError) else repr(err)
+            workflow.logger.warning("ignored signal %r: %s", name, message)
             return False
         return True
 

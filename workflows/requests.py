@@ -76,7 +76,10 @@ def check_input(
     """For `input`: an input step that is waiting, and a value that matches its schema."""
     _waiting_step(steps, records, step_id, InputStep)
     step: InputStep = steps[step_id]
-    error = best_match(jsonschema.Draft202012Validator(step.value_schema).iter_errors(value))
+    try:
+        error = best_match(jsonschema.Draft202012Validator(step.value_schema).iter_errors(value))
+    except Exception as err:  # e.g. a $ref to nowhere: refuse, never fail the workflow task
+        reject(f"the schema of step {step_id!r} cannot check a value: {err}")
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
         reject(

@@ -111,10 +111,13 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
         if isinstance(step, InputStep):
             try:
                 jsonschema.Draft202012Validator.check_schema(step.value_schema)
+                # Dry run: a `$ref` to nowhere only shows when a value is checked.
+                list(jsonschema.Draft202012Validator(step.value_schema).iter_errors(None))
             except jsonschema.SchemaError as err:
-                issues.append(
-                    SpecIssue(f"not a valid JSON Schema: {err.message}", step.id, "schema")
-                )
+                message = f"not a valid JSON Schema: {err.message}"
+                issues.append(SpecIssue(message, step.id, "schema"))
+            except Exception as err:
+                issues.append(SpecIssue(f"cannot check values: {err}", step.id, "schema"))
 
     graph = {step.id: [d for d in step.depends_on if d != step.id] for step in spec.steps}
     cycle = find_cycle(graph)
