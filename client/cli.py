@@ -39,6 +39,7 @@ from client.cli_common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    add_input_option,
     err,
     out,
     parse_inputs,
@@ -163,14 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start a pipeline and (by default) wait for its result")
     p.add_argument("file")
-    p.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a pipeline input; repeat for more (JSON for non-string inputs)",
-    )
+    add_input_option(p, "a pipeline input; repeat for more (JSON for non-string inputs)")
     p.add_argument("--id", help="workflow id (default: <pipeline-name>-<short-uuid>)")
     p.add_argument("--no-wait", action="store_true", help="print the run's id and return")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

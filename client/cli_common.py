@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,13 @@ err = Console(stderr=True, soft_wrap=True)
 
 class UsageError(Exception):
     """Bad arguments: one line on stderr, exit code 2."""
+
+
+def add_input_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--input NAME=VALUE`, repeatable: `run` and `schedule create` read it with `parse_inputs`."""
+    parser.add_argument(
+        "--input", "-i", action="append", default=[], metavar="NAME=VALUE", help=help
+    )
 
 
 def parse_inputs(spec: PipelineSpec, pairs: list[str]) -> dict[str, Any]:

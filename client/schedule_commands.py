@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from client.api import StepflowClient
-from client.cli_common import EXIT_OK, err, out, parse_inputs, parse_interval
+from client.cli_common import EXIT_OK, add_input_option, err, out, parse_inputs, parse_interval
 from client.loading import load_spec_file
 from client.schedules import PipelineSchedules, ScheduleSummary
 
@@ -100,14 +100,7 @@ def add_schedule_commands(sub: Any) -> None:
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR", help="e.g. '0 9 * * 1-5' (UTC), @hourly")
     when.add_argument("--every", metavar="DURATION", help="e.g. 30m, 1h, 1d")
-    p.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a pipeline input for every run; repeat for more",
-    )
+    add_input_option(p, "a pipeline input for every run; repeat for more")
     p.add_argument("--id", help="schedule id (default: <pipeline-name>-schedule)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_create)

@@ -20,7 +20,8 @@ from runtime.settings import Settings
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer
 from worker import build_worker
 
-TEST_TOOL_MODULE = "tests.support.tools"
+TEST_TOOL_MODULES = "tests.support.tools,tests.support.control_tools"
+"""The test tools every worker serves: general ones, and the gates the run-control tests hold."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,7 +62,7 @@ def journal(tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", TEST_TOOL_MODULE)
+    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", TEST_TOOL_MODULES)
     monkeypatch.setenv("STEPFLOW_TASK_QUEUE", task_queue)
     monkeypatch.setenv("STEPFLOW_WORKSPACE", str(tmp_path / "workspace"))
     return Settings()

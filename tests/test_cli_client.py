@@ -21,7 +21,6 @@ from client.schedules import PipelineSchedules
 from runtime.devserver import temporal_binary
 from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     Gate,
     approval,
     eventually,
@@ -35,12 +34,6 @@ from workflows import control
 from workflows.control import PipelineState, RunStatus
 from workflows.models import PipelineInput, PipelineStatus, StepStatus
 from workflows.pipeline import PipelineWorkflow
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 async def rejected(request: Awaitable[Any]) -> str:

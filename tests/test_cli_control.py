@@ -23,7 +23,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from client.api import RunSummary, StepflowClient
 from client.render import counts_line, steps_table
-from runtime.settings import Settings
 from tests.support.control_tools import (
     CONTROL_TOOL_MODULES,
     Gate,
@@ -44,12 +43,6 @@ from workflows.models import (
     StepStatus,
     TokenUsage,
 )
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 @pytest.fixture

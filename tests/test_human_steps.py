@@ -12,7 +12,6 @@ from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     Gate,
     approval,
     assert_mentions,
@@ -31,12 +30,6 @@ from tests.support.helpers import pipeline, step
 from worker import build_worker
 from workflows.control import APPROVE, INPUT, REJECT, RunStatus, StepInput, StepRequest
 from workflows.models import PipelineStatus, StepStatus
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 async def test_approve_with_a_comment_succeeds_the_step_and_dependents_see_it(

@@ -11,9 +11,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError, TerminatedError
 
 from client.api import PipelineError, StepflowClient
-from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     HEARTBEAT,
     Gate,
     approval,
@@ -34,12 +32,6 @@ from tests.support.model_server import ScriptedModelServer, tool_calls
 from tests.support.tools import journal_read
 from workflows.control import PAUSE, RunStatus
 from workflows.models import StepStatus
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 async def closed_as(

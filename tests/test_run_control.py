@@ -14,7 +14,6 @@ from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     HEARTBEAT,
     Gate,
     accepted_update_ids,
@@ -51,13 +50,6 @@ from workflows.control import (
     StepRequest,
 )
 from workflows.models import PipelineStatus, StepStatus
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
-
 
 NOT_WAITING = r"not waiting|pending"
 UNKNOWN = r"unknown|no step|not a step|does not exist|no such"

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from temporalio.client import Client, WorkflowHandle
 
 from client.api import StepflowClient
-from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     HEARTBEAT,
     Gate,
     approval,
@@ -25,12 +22,6 @@ from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
 from workflows.control import APPROVE, CANCEL_STEP, RunStatus, StepRequest
 from workflows.models import PipelineStatus, StepStatus, TokenUsage
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 def nonzero(counts: dict[StepStatus, int]) -> dict[StepStatus, int]:

@@ -5,14 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from temporalio.client import Client
 
 from client.api import StepflowClient
 from client.timeline import TimelineEvent, format_elapsed, format_lines
-from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     Gate,
     approval,
     gate_step,
@@ -22,12 +19,6 @@ from tests.support.control_tools import (
 from tests.support.helpers import agent, pipeline, step
 from workflows import control
 from workflows.control import StepRequest
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 def lines_of(timeline: list[TimelineEvent]) -> list[tuple[str, str]]:

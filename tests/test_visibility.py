@@ -6,15 +6,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.converter import decode_typed_search_attributes
 
 from client.api import StepflowClient
-from runtime.settings import Settings
 from tests.support.control_tools import (
-    CONTROL_TOOL_MODULES,
     Gate,
     approval,
     current_details,
@@ -40,12 +37,6 @@ from workflows.control import (
 )
 from workflows.models import PipelineInput, PipelineStatus, StepStatus
 from workflows.pipeline import PIPELINE_WORKFLOW
-
-
-@pytest.fixture
-def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPFLOW_TOOL_MODULES", CONTROL_TOOL_MODULES)
-    return Settings()
 
 
 def unique_name(prefix: str) -> str:
