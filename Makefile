@@ -20,6 +20,10 @@ demo: $(STAMP)
 	$(BIN)/stepflow run examples/code_task.yaml
 	@echo "Their files are in $${STEPFLOW_WORKSPACE:-.stepflow/workspace} (reports/, todo-app/)."
 	@echo "The server keeps running so the links work; 'make stop' stops it."
+	@echo "A pipeline that waits for people (README, section 7):"
+	@echo "  $(BIN)/stepflow run examples/release_notes.yaml --id notes-1 --no-wait"
+	@echo "  $(BIN)/stepflow watch notes-1      # then, in another terminal:"
+	@echo "  $(BIN)/stepflow input notes-1 highlights 2 && $(BIN)/stepflow approve notes-1 sign-off"
 
 ## stop: stop the background worker and dev server that `make demo` started
 stop:
