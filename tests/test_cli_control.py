@@ -34,7 +34,7 @@ from tests.support.control_tools import (
     wait_step,
 )
 from tests.support.helpers import pipeline, step
-from tests.support.processes import ROOT, Completed, process_env, stepflow_cli
+from tests.support.processes import ROOT, Completed, ok, one_error_line, process_env, stepflow_cli
 from workflows.control import PipelineState, RunStatus
 from workflows.models import (
     PipelineSpec,
@@ -73,22 +73,6 @@ def approve_pipeline(name: str = "cli-approve") -> PipelineSpec:
         step("after", "echo", args={"value": "done"}, depends_on=["deploy"]),
         name=name,
     )
-
-
-def ok(done: Completed) -> Completed:
-    assert done.code == 0, f"exit {done.code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    return done
-
-
-def one_error_line(done: Completed, *expected: str) -> str:
-    """Exit code 2 and exactly one line on stderr, `stepflow: ...`, holding each expected text."""
-    assert done.code == 2, f"exit {done.code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("stepflow: "), lines[0]
-    for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:

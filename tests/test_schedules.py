@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from client.api import RunSummary, StepflowClient
 from client.schedules import PipelineSchedules, ScheduleError, ScheduleNotFound, ScheduleSummary
 from tests.support.control_tools import eventually
-from tests.support.processes import Completed, process_env, stepflow_cli
+from tests.support.processes import ok, one_error_line, process_env, stepflow_cli
 from workflows import control
 from workflows.models import PipelineStatus
 
@@ -56,19 +56,6 @@ steps:
 @pytest.fixture
 def schedules(stepflow: StepflowClient) -> PipelineSchedules:
     return PipelineSchedules(stepflow)
-
-
-def ok(done: Completed) -> Completed:
-    assert done.code == 0, f"exit {done.code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    return done
-
-
-def one_error_line(done: Completed, *expected: str) -> None:
-    assert done.code == 2, f"exit {done.code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
 
 
 async def runs_of(stepflow: StepflowClient, pipeline: str, count: int = 1) -> list[RunSummary]:
@@ -219,6 +206,7 @@ async def test_create_checks_the_pipeline_and_inputs_first(
             cli_env, "schedule", "create", pipeline_file, "--every", "1h", "--input", "count=many"
         ),
         "inputs.count: expected integer",
+        prefix=pipeline_file,
     )
     broken = Path(pipeline_file).with_name("broken.yaml")
     broken.write_text(Path(pipeline_file).read_text().replace("tool: echo", "tool: ech0"))

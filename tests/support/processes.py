@@ -47,6 +47,27 @@ async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> 
     return Completed(process.returncode or 0, stdout.decode(), stderr.decode())
 
 
+def ok(done: Completed) -> Completed:
+    """The command exited 0; otherwise fail showing what it printed."""
+    assert done.code == 0, f"exit {done.code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done
+
+
+def one_error_line(done: Completed, *expected: str, prefix: str = "stepflow: ") -> str:
+    """Exit code 2 and exactly one line on stderr, `stepflow: ...`, holding each expected text.
+
+    Pipeline issues start with the file's name instead (as `stepflow validate` prints them):
+    pass that as `prefix`.
+    """
+    assert done.code == 2, f"exit {done.code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(prefix), lines[0]
+    for text in expected:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`python worker.py` in its own process, output to `log`."""
     with log.open("ab") as out:
