@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +32,14 @@ from tests.support.control_tools import (
     wait_step,
 )
 from tests.support.helpers import pipeline, step
-from tests.support.processes import ROOT, Completed, ok, one_error_line, process_env, stepflow_cli
+from tests.support.processes import (
+    Completed,
+    cli_process,
+    ok,
+    one_error_line,
+    process_env,
+    stepflow_cli,
+)
 from workflows.control import PipelineState, RunStatus
 from workflows.models import (
     PipelineSpec,
@@ -72,20 +77,6 @@ def approve_pipeline(name: str = "cli-approve") -> PipelineSpec:
         ),
         step("after", "echo", args={"value": "done"}, depends_on=["deploy"]),
         name=name,
-    )
-
-
-async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    """`stepflow ARGS...` started, its output to be read while it runs."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from client.cli import entry; entry()",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
     )
 
 

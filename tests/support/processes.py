@@ -31,9 +31,10 @@ class Completed:
     stderr: str
 
 
-async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> Completed:
-    """`stepflow ARGS...` as a user would run it (the console script's module, same interpreter)."""
-    process = await asyncio.create_subprocess_exec(
+async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`stepflow ARGS...` started as a user would run it (the console script's entry point,
+    same interpreter); read its output while it runs, or use `stepflow_cli`."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         "from client.cli import entry; entry()",
@@ -43,6 +44,11 @@ async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> Completed:
+    """`stepflow ARGS...` run to the end: its exit code and output."""
+    process = await cli_process(env, *args)
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     return Completed(process.returncode or 0, stdout.decode(), stderr.decode())
 
