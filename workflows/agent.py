@@ -40,7 +40,9 @@ with workflow.unsafe.imports_passed_through():
         TokenUsage,
         ToolCallInput,
         ToolCallOutput,
+        model_call_queue,
         tool_activity_name,
+        tool_call_queue,
     )
 
 PROGRESS_PATCH = "report-progress-to-pipeline"
@@ -176,6 +178,7 @@ class AgentStepWorkflow:
                 result_type=ModelCallOutput,
                 summary=f"{step.id} · model call {number}/{step.max_model_calls}",
                 **activity_options(input.model_retry, input.model_timeout),
+                **model_call_queue(input.routing),
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
@@ -225,6 +228,7 @@ class AgentStepWorkflow:
                 result_type=ToolCallOutput,
                 summary=f"{step.id} · tool {call.name}",
                 **activity_options(input.tool_retry, input.tool_timeout),
+                **tool_call_queue(input.routing, call.name),
             )
         except ActivityError as err:
             cause: Any = err.cause

@@ -394,11 +394,41 @@ class PipelineStatus(StrEnum):
     FAILED = "FAILED"
 
 
+class TaskRouting(BaseModel):
+    """Which task queues a run's activities go to, so model calls and heavy tools scale apart.
+
+    Set by the client from the worker settings it shares (`STEPFLOW_MODEL_TASK_QUEUE`,
+    `STEPFLOW_TOOL_TASK_QUEUES`); unset or a missing tool means the workflow's own queue.
+    """
+
+    model_task_queue: str | None = Field(
+        default=None, description="Queue for `model_call` activities; default: the run's queue."
+    )
+    tool_task_queues: dict[str, str] = Field(
+        default_factory=dict, description="Queue per tool name; tools not listed: the run's queue."
+    )
+
+
+def model_call_queue(routing: TaskRouting | None) -> dict[str, Any]:
+    """`task_queue=` for a model call, only when routed: unrouted runs schedule what they did."""
+    queue = routing.model_task_queue if routing else None
+    return {"task_queue": queue} if queue else {}
+
+
+def tool_call_queue(routing: TaskRouting | None, tool: str) -> dict[str, Any]:
+    """`task_queue=` for a call of `tool`, only when routed."""
+    queue = routing.tool_task_queues.get(tool) if routing else None
+    return {"task_queue": queue} if queue else {}
+
+
 class PipelineInput(BaseModel):
     """What a pipeline run starts with: the spec itself and the values of its inputs."""
 
     spec: PipelineSpec
     inputs: dict[str, Any] = Field(default_factory=dict)
+    routing: TaskRouting | None = Field(
+        default=None, description="Task queues for model calls and tools; None: the run's queue."
+    )
 
 
 class PipelineResult(BaseModel):
@@ -524,6 +554,9 @@ class AgentStepInput(BaseModel):
     tool_retry: RetrySpec
     tool_timeout: TimeoutSpec
     idempotency_prefix: str = Field(description="Tool calls' keys start with it.")
+    routing: TaskRouting | None = Field(
+        default=None, description="The pipeline's task routing, for model and tool calls."
+    )
 
 
 class AgentStepResult(BaseModel):

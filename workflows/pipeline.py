@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         RetrySpec,
         StepRecord,
         StepStatus,
+        TaskRouting,
         TokenUsage,
         ToolCallInput,
         ToolCallOutput,
@@ -69,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         model_call_retry,
         model_call_timeout,
         tool_activity_name,
+        tool_call_queue,
         tool_call_retry,
         tool_call_timeout,
     )
@@ -171,6 +173,7 @@ class PipelineWorkflow:
         self._keep_attributes = False
         self._update_task: int | None = None
         """History length of the workflow task that last accepted an update."""
+        self._routing: TaskRouting | None = input.routing
         self._plan(spec)  # before any handler runs: a cancel_step in the first task settles
 
     @workflow.run
@@ -454,6 +457,7 @@ class PipelineWorkflow:
                     tool_retry=tool_call_retry(step, spec.defaults),
                     tool_timeout=tool_call_timeout(step, spec.defaults),
                     idempotency_prefix=f"{info.workflow_id}/{info.first_execution_run_id}/{step.id}",
+                    routing=self._routing,
                 ),
                 id=f"{info.workflow_id}/{step.id}",
                 static_summary=f"agent step {step.id}",
@@ -505,6 +509,7 @@ class PipelineWorkflow:
                 result_type=ToolCallOutput,
                 summary=f"{step.id} · tool {step.tool}",
                 **activity_options(retry, timeout),
+                **tool_call_queue(self._routing, step.tool),
             )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
