@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest stop bench clean
+.PHONY: demo test lint typecheck pytest stop bench histories clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/context.py
+
+## histories: record the workflow histories that tests/test_replay.py replays (add, never replace)
+histories: $(STAMP)
+	$(BIN)/python -m tests.support.record_histories
 
 clean: stop
 	rm -rf $(VENV) .stepflow .pytest_cache .mypy_cache .ruff_cache

@@ -8,14 +8,20 @@ New histories come from `python -m tests.support.record_histories`.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
 
 from worker import WORKFLOWS
+from workflows.models import PipelineInput, PipelineResult, ToolCallOutput
+from workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -34,3 +40,25 @@ async def test_history_replays(path: Path) -> None:
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+
+
+@workflow.defn(name=PIPELINE_WORKFLOW, sandboxed=False)
+class _UnguardedChange(PipelineWorkflow):
+    """Today's pipeline plus one new command before each tool call, without `workflow.patched`."""
+
+    @workflow.run
+    async def run(self, input: PipelineInput) -> PipelineResult:
+        return await super().run(input)
+
+    async def _call_tool(self, spec: Any, step: Any, inputs: dict[str, Any]) -> ToolCallOutput:
+        await workflow.sleep(timedelta(milliseconds=1))
+        return await super()._call_tool(spec, step, inputs)
+
+
+async def test_a_change_without_patched_fails_the_replay() -> None:
+    """The guard works: this suite fails when workflow logic changes under running jobs."""
+    saved = json.loads((Path(__file__).parent / "histories" / "tools-dag.json").read_text())
+    history = WorkflowHistory.from_json(saved["workflow_id"], saved["history"])
+    replayer = Replayer(workflows=[_UnguardedChange], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
