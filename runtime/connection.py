@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+
+from runtime.payload_storage import PayloadStoreError, stepflow_data_converter
+from runtime.settings import Settings, get_settings
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -32,15 +34,23 @@ def connect_config(profile: str | None = None) -> dict[str, Any]:
     return config
 
 
-async def connect(profile: str | None = None) -> Client:
-    """A client with Stepflow's data converter.
+async def connect(profile: str | None = None, *, settings: Settings | None = None) -> Client:
+    """A client with Stepflow's data converter (`runtime.payload_storage`).
+
+    Workers and clients connect through here, so they share the payload store
+    that large results are kept in.
 
     Raises:
-        ConnectionFailed: with the address and a hint, instead of a gRPC stack trace.
+        ConnectionFailed: with the address and a hint, instead of a gRPC stack trace;
+            or unusable payload store settings.
     """
     config = connect_config(profile)
     try:
-        return await Client.connect(**config, data_converter=pydantic_data_converter)
+        data_converter = stepflow_data_converter(settings or get_settings())
+    except PayloadStoreError as err:
+        raise ConnectionFailed(f"bad payload store settings: {err}") from err
+    try:
+        return await Client.connect(**config, data_converter=data_converter)
     except Exception as err:
         address = config["target_host"]
         raise ConnectionFailed(

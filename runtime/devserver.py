@@ -14,13 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from runtime.settings import Settings
+from runtime.payload_storage import stepflow_data_converter
+from runtime.settings import Settings, get_settings
 
 GRPC_PORT = 7233
 UI_PORT = 8233
@@ -62,14 +64,22 @@ def tuned_flags() -> list[str]:
     return flags
 
 
-async def start_ephemeral_environment() -> WorkflowEnvironment:
+async def start_ephemeral_environment(settings: Settings | None = None) -> WorkflowEnvironment:
     """A throwaway in-memory dev server on free ports, tuned, with Stepflow's data converter.
 
-    What the tests, the benchmarks and the history recorder run against.
+    What the tests, the benchmarks and the history recorder run against. The
+    client's payload store comes from `settings` (default: the environment's),
+    except that without a STEPFLOW_PAYLOAD_DIR the payloads of this throwaway
+    server go to a throwaway directory (made on first use), not to `.stepflow/`.
     """
+    if settings is None:
+        settings = get_settings()
+        if settings.payload_dir is None:
+            throwaway = Path(tempfile.gettempdir()) / f"stepflow-payloads-{uuid.uuid4().hex[:12]}"
+            settings = settings.model_copy(update={"payload_dir": throwaway})
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
+        data_converter=stepflow_data_converter(settings),
         dev_server_extra_args=tuned_flags(),
     )
 

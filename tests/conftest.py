@@ -20,7 +20,7 @@ from runtime.settings import Settings
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer
 from worker import build_worker
 
-TEST_TOOL_MODULES = "tests.support.tools,tests.support.control_tools"
+TEST_TOOL_MODULES = "tests.support.tools,tests.support.control_tools,tests.support.big_tools"
 """The test tools every worker serves: general ones, and the gates the run-control tests hold."""
 ROOT = Path(__file__).resolve().parent.parent
 
