@@ -2,7 +2,13 @@
 
     python worker.py          # connect per TEMPORAL_* settings (default localhost:7233)
     python worker.py --dev    # first start the embedded dev server if nothing listens on 7233
+    python worker.py --serve models            # only the model queue (STEPFLOW_MODEL_TASK_QUEUE)
+    python worker.py --serve workflows,tools:heavy
 
+By default a worker serves every configured queue: the main one (workflows, and
+every activity sent there), the model queue and each tool queue, if routed
+(STEPFLOW_MODEL_TASK_QUEUE, STEPFLOW_TOOL_TASK_QUEUES). `--serve` (or
+STEPFLOW_WORKER_SERVE) picks some, so each kind scales on its own machines.
 Tools come from the built-ins and the modules named in STEPFLOW_TOOL_MODULES.
 SIGINT or SIGTERM stops polling, lets running activities finish (up to the
 graceful timeout), and exits.
@@ -13,11 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 import urllib.parse
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 import structlog
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -30,7 +42,9 @@ from runtime import exit_now
 from runtime.connection import ConnectionFailed, connect
 from runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
 from runtime.logging import configure_logging
-from runtime.settings import Settings, get_settings
+from runtime.payload_storage import describe_store
+from runtime.routing import QueueService, RoutingError, explain_settings_error, served_queues
+from runtime.settings import Settings
 from workflows.agent import AgentStepWorkflow
 from workflows.pipeline import PipelineWorkflow
 
@@ -46,7 +60,7 @@ def build_worker(
     tools: list[ToolDefinition] | None = None,
     task_queue: str | None = None,
 ) -> Worker:
-    """A worker for every Stepflow workflow and every registered tool.
+    """A worker for every Stepflow workflow and every registered tool, on the main queue.
 
     Args:
         client: Connected with the pydantic data converter (`runtime.connection.connect`).
@@ -56,15 +70,48 @@ def build_worker(
     """
     if tools is None:
         tools = load_tool_modules(settings.tool_modules)
+    queue = QueueService.main(task_queue or settings.task_queue, [t.name for t in tools])
+    return _queue_worker(client, settings, queue, tools)
+
+
+def build_workers(
+    client: Client, settings: Settings, *, tools: list[ToolDefinition] | None = None
+) -> list[Worker]:
+    """One worker per queue this process serves (`STEPFLOW_WORKER_SERVE`; default: all).
+
+    Raises:
+        RoutingError: the serve or routing settings cannot work.
+    """
+    if tools is None:
+        tools = load_tool_modules(settings.tool_modules)
+    queues = served_queues(settings, [t.name for t in tools])
+    return [_queue_worker(client, settings, queue, tools) for queue in queues]
+
+
+def _queue_worker(
+    client: Client, settings: Settings, queue: QueueService, tools: list[ToolDefinition]
+) -> Worker:
     progress.install(client)  # retried activities report through it, sync tools too
+    served = [t for t in tools if t.name in queue.tools]
+    activities: list[Any] = [model_call] if queue.model_calls else []
+    activities += tool_activities(served)
     return Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=[model_call, *tool_activities(tools)],
+        task_queue=queue.task_queue,
+        # Which queue's worker ran an activity shows in its history (ActivityTaskStarted).
+        identity=f"{client.identity}/{queue.task_queue}",
+        workflows=WORKFLOWS if queue.workflows else [],
+        activities=activities,
         # Sync tools run here; sized like the activity slots so none waits for a thread.
-        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
+        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities)
+        if served
+        else None,
         max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks
+        if queue.workflows
+        else None,
+        # Enforced by the server for the whole queue, whichever worker polls.
+        max_task_queue_activities_per_second=queue.activities_per_second,
         graceful_shutdown_timeout=timedelta(seconds=10),
         # A cancel reaches an activity only in the answer to one of its heartbeats; the SDK's
         # 30 s default would let a cancelled tool run on for half a minute.
@@ -89,24 +136,41 @@ def _describe_default_model(settings: Settings) -> str:
 
 
 async def serve(settings: Settings) -> None:
-    client = await connect()
     tools = load_tool_modules(settings.tool_modules)
-    worker = build_worker(client, settings, tools=tools)
+    queues = served_queues(settings, [t.name for t in tools])  # bad settings: before connecting
+    client = await connect(settings=settings)
+    workers = [_queue_worker(client, settings, queue, tools) for queue in queues]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
         log.info(
             WORKER_READY_LINE,
-            task_queue=worker.task_queue,
+            task_queue=workers[0].task_queue,
+            queues=[queue.describe(settings) for queue in queues],
             namespace=client.namespace,
             tools=[t.name for t in tools],
             default_model=_describe_default_model(settings),
+            payload_store=describe_store(settings),
         )
         await stop.wait()
         log.info("stepflow worker stopping: running activities get up to 10 s to finish")
     log.info("stepflow worker stopped")
+
+
+def load_settings(serve: Sequence[str] | None = None) -> Settings:
+    """The settings from the environment, `--serve` overriding STEPFLOW_WORKER_SERVE.
+
+    Raises:
+        RoutingError: a setting is invalid (one line naming it).
+    """
+    try:
+        return Settings() if serve is None else Settings(worker_serve=list(serve))
+    except (ValidationError, SettingsError) as err:
+        raise RoutingError(explain_settings_error(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,14 +183,25 @@ def main(argv: list[str] | None = None) -> int:
         help="start the embedded Temporal dev server (SQLite under .stepflow/, UI on :8233) "
         "if nothing listens on localhost:7233",
     )
+    parser.add_argument(
+        "--serve",
+        metavar="QUEUES",
+        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        help="the queues to serve, comma-separated: workflows, models, tools, tools:QUEUE "
+        "(default: STEPFLOW_WORKER_SERVE, else every configured queue)",
+    )
     args = parser.parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = load_settings(args.serve)
+    except RoutingError as err:  # logging is configured by these very settings: plain stderr
+        print(f"stepflow worker: {err}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     try:
         if args.dev and ensure_dev_server(settings):
             log.info("started the Temporal dev server", ui=settings.ui_url)
         asyncio.run(serve(settings))
-    except (ConnectionFailed, DevServerError, ImportError) as err:
+    except (ConnectionFailed, DevServerError, ImportError, RoutingError) as err:
         log.error(str(err))
         return 2
     return 0

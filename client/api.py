@@ -43,6 +43,7 @@ from client.runs import (
 )
 from client.timeline import TimelineEvent, build_timeline, child_executions, merge
 from runtime.connection import connect
+from runtime.routing import task_routing, warn_unserved
 from runtime.settings import Settings, get_settings
 from workflows import control
 from workflows.control import PipelineState, StepInput, StepRequest
@@ -170,11 +171,12 @@ class StepflowClient:
         spec = load_pipeline(pipeline)
         resolved = resolve_inputs(spec, inputs or {})
         workflow_id = workflow_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        routing = task_routing(self.settings)  # the workers' queues: they share these settings
 
         async def start(attributes: TypedSearchAttributes | None) -> WorkflowHandle[Any, Any]:
             return await self.temporal.start_workflow(
                 PipelineWorkflow.run,
-                PipelineInput(spec=spec, inputs=resolved),
+                PipelineInput(spec=spec, inputs=resolved, routing=routing),
                 id=workflow_id,
                 task_queue=task_queue or self.settings.task_queue,
                 memo={"pipeline": spec.name, "description": spec.description or ""},
@@ -193,6 +195,7 @@ class StepflowClient:
                 handle = await start(None)
         else:
             handle = await start(None)
+        await warn_unserved(self.temporal, spec, routing)
         run_id = handle.result_run_id or ""
         return PipelineRun(workflow_id, run_id, self.ui_url(workflow_id, run_id))
 

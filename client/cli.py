@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from temporalio.service import RPCError
 
 from activities.registry import load_tool_modules
@@ -52,6 +55,8 @@ from client.schedules import ScheduleError, ScheduleNotFound
 from runtime import devserver, exit_now
 from runtime.connection import ConnectionFailed
 from runtime.logging import configure_logging
+from runtime.payload_storage import PayloadStoreError
+from runtime.routing import explain_settings_error
 from runtime.settings import get_settings
 from workflows.models import PipelineResult, PipelineStatus
 from workflows.validation import SpecError
@@ -205,6 +210,7 @@ def _one_line_errors(
         ScheduleError,
         ScheduleNotFound,
         ConnectionFailed,
+        PayloadStoreError,
         devserver.DevServerError,
         ImportError,
     ) as error:
@@ -228,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `stepflow` console script: `main`, with an exit code the SDK cannot turn into 134."""
-    configure_logging(get_settings())  # warnings go to stderr, never into --json output
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError) as err:  # one line, not pydantic's page
+        print(f"stepflow: {explain_settings_error(err)}", file=sys.stderr)
+        exit_now(2)
+    configure_logging(settings)  # warnings go to stderr, never into --json output
     exit_now(main())
 
 

@@ -36,6 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from client.api import StepflowClient, load_pipeline
 from client.runs import attributes_unregistered, stepflow_attributes, warn_unregistered
+from runtime.routing import task_routing
 from workflows.durations import format_duration
 from workflows.models import PipelineInput, PipelineSpec
 from workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
@@ -127,11 +128,13 @@ class PipelineSchedules:
         schedule_spec, when = _when(cron, every)
         schedule_id = schedule_id or f"{spec.name}-schedule"
         memo = {"pipeline": spec.name, "description": spec.description or ""}
+        # Frozen into the schedule: after a routing change, create the schedule anew.
+        routing = task_routing(self.stepflow.settings)
 
         def schedule(attributes: TypedSearchAttributes) -> Schedule:
             action = ScheduleActionStartWorkflow(
                 PipelineWorkflow.run,
-                PipelineInput(spec=spec, inputs=resolved),
+                PipelineInput(spec=spec, inputs=resolved, routing=routing),
                 id=schedule_id,
                 task_queue=task_queue or self.stepflow.settings.task_queue,
                 memo=memo,

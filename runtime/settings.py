@@ -6,10 +6,11 @@ not here: they come from `temporalio.envconfig` (see `runtime.connection`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -84,6 +85,119 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(
         default_factory=dict,
         description='Per-model settings as JSON: {"name": {"base_url": ..., "api_key_env": ...}}.',
+    )
+
+    # -- worker tuning --
+    # Client and workers must read the same routing (the client stamps it into each run).
+    max_concurrent_workflow_tasks: int = Field(
+        default=100, ge=2, description="Workflow tasks a worker runs at once (at least 2)."
+    )
+    model_task_queue: str | None = Field(
+        default=None, description="Task queue of model calls; unset: the main queue."
+    )
+    tool_task_queues: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description='Task queue per tool: "tool=queue,tool2=queue" or JSON; others: main queue.',
+    )
+    model_calls_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Model calls per second on the model queue, all its workers together.",
+    )
+    worker_serve: CommaList = Field(
+        default_factory=list,
+        description="Queues a worker process serves: workflows, models, tools, tools:QUEUE; "
+        "empty: every configured queue.",
+    )
+
+    @field_validator("model_task_queue", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("model_task_queue")
+    @classmethod
+    def _own_model_queue(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("task_queue"):
+            raise ValueError(
+                f"{value!r} is the main queue (STEPFLOW_TASK_QUEUE); unset it to keep model "
+                "calls there, or name a queue of their own"
+            )
+        return value
+
+    @field_validator("tool_task_queues", mode="before")
+    @classmethod
+    def _parse_tool_queues(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"not valid JSON: {err}") from None
+        routes: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            tool, sep, queue = (s.strip() for s in part.partition("="))
+            if not sep or not tool or not queue:
+                raise ValueError(f'expected "tool=queue,tool2=queue" or JSON, got {part!r}')
+            routes[tool] = queue
+        return routes
+
+    @field_validator("tool_task_queues")
+    @classmethod
+    def _own_tool_queues(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        taken = {
+            info.data.get("task_queue"): "the main queue (STEPFLOW_TASK_QUEUE)",
+            info.data.get("model_task_queue"): "the model queue (STEPFLOW_MODEL_TASK_QUEUE)",
+        }
+        for tool, queue in value.items():
+            if not tool or not queue.strip():
+                raise ValueError(f"empty tool or queue name in {tool!r}: {queue!r}")
+            if queue in taken:
+                raise ValueError(
+                    f"tool {tool!r} is routed to {queue!r}, which is {taken[queue]}; "
+                    "give heavy tools a queue of their own, or leave them out"
+                )
+        return value
+
+    @field_validator("model_calls_per_second")
+    @classmethod
+    def _limit_needs_model_queue(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and not info.data.get("model_task_queue"):
+            raise ValueError(
+                "needs STEPFLOW_MODEL_TASK_QUEUE: the limit holds for a whole task queue, "
+                "and the main queue also carries workflows and tools"
+            )
+        return value
+
+    @field_validator("worker_serve", mode="before")
+    @classmethod
+    def _split_serve(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    # -- large outputs --
+    payload_store: Literal["local", "s3", "off"] = Field(
+        default="local",
+        description="Where payloads over the threshold go instead of history: a local directory, "
+        "S3 (the `s3` extra), or off (over 2 MB fails the step).",
+    )
+    payload_dir: Path | None = Field(
+        default=None,
+        description="The local payload store's directory; default: <home>/payloads. "
+        "Worker and client must see the same one.",
+    )
+    payload_threshold_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        le=2 * 1024 * 1024 - 4096,
+        description="Payloads of at least this many bytes are stored outside history.",
+    )
+    payload_s3_bucket: str | None = Field(
+        default=None,
+        description="The bucket of the S3 payload store (credentials, region, endpoint: AWS_*).",
     )
 
     @field_validator("tool_modules", "http_allow_hosts", mode="before")

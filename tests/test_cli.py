@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.processes import process_env, stepflow_cli
+from tests.support.processes import one_error_line, process_env, stepflow_cli
 
 PIPELINE = """
 name: cli-demo
@@ -119,6 +119,20 @@ async def test_an_unreachable_server_is_one_clear_line(files: dict[str, str]) ->
     assert done.code == 2
     assert "cannot connect to Temporal at 127.0.0.1:1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("STEPFLOW_MODEL_CALLS_PER_SECOND", "fast", "STEPFLOW_MODEL_CALLS_PER_SECOND"),
+        ("STEPFLOW_MODELS", "{not json", 'field "models"'),
+    ],
+)
+async def test_bad_settings_are_one_line_not_a_traceback(
+    cli_env: dict[str, str], variable: str, value: str, expected: str
+) -> None:
+    done = await stepflow_cli({**cli_env, variable: value}, "list")
+    one_error_line(done, "invalid settings", expected)
 
 
 async def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
