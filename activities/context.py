@@ -38,12 +38,29 @@ class ToolContext:
     """What the previous attempt last passed to `heartbeat()`; empty on the first attempt."""
 
     def heartbeat(self, *details: Any) -> None:
-        """Tell Temporal the tool is alive (needed when the step sets a heartbeat timeout).
+        """Tell Temporal the tool is alive, and how far it got.
 
-        The details come back in `heartbeat_details` if the call is retried, so
-        a long tool can resume where it was.
+        Call it often (each item, each chunk): it is cheap, and only the newest details
+        are sent, at most every 0.8 x the step's heartbeat timeout (5 s at most; every
+        2 s without one). With `timeout: {heartbeat: ...}` on the step, an attempt that
+        stops heartbeating (its worker died, or it hangs) is retried after that long
+        instead of at `start_to_close`. A running tool also learns of a cancel only
+        through a heartbeat.
+
+        If the call is retried, the next attempt gets the details the server last
+        received (`last_heartbeat()`), so a long tool can resume where it was. A tool
+        that raises has its last heartbeat delivered first, however recent. Details
+        travel as JSON (a pydantic model comes back as a dict) and are stored with the
+        run: send progress (an offset, the ids done), not data.
         """
         activity.heartbeat(*details)
+
+    def last_heartbeat(self, default: Any = None) -> Any:
+        """The previous attempt's last heartbeat (its first detail); `default` if none.
+
+        For example `progress = ctx.last_heartbeat({"next": 0})`.
+        """
+        return self.heartbeat_details[0] if self.heartbeat_details else default
 
     def is_cancelled(self) -> bool:
         """For sync tools: True once the step is cancelled; the tool should stop soon."""

@@ -9,6 +9,8 @@ They work offline and deterministically, so the demo needs no network:
   project copied into the workspace, read, and a changed file checked without
   running it (code_task.yaml).
 - `slugify`: a file-name-safe name for a title.
+- `checksum_files`: the pattern for a long tool: it heartbeats its progress and a
+  retry resumes from there.
 
 File paths are relative to the workspace (`STEPFLOW_WORKSPACE`) and go through
 the built-in file tools, so they cannot leave it. Only the notes and the sample
@@ -18,6 +20,7 @@ project are read from this package's folder, never from a path a model gives.
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 import warnings
 from functools import cache
@@ -26,7 +29,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from activities import ToolError, tool
+from activities import ToolError, tool, tool_context
 from activities.builtin.files import read_file, resolve_in_workspace, write_file
 
 EXAMPLES = Path(__file__).resolve().parent
@@ -331,3 +334,44 @@ def check_python(
         lines=len(source.splitlines()),
         definitions=definitions,
     )
+
+
+# ---------------------------------------------------------------------------
+# A long tool that resumes
+
+
+@tool
+def checksum_files(
+    paths: Annotated[
+        list[str],
+        Field(max_length=1000, description="Files relative to the workspace, in order."),
+    ],
+) -> dict[str, str]:
+    """SHA-256 of each file (hex), by path: a long tool that picks up where it was.
+
+    After each file it heartbeats the digests so far. If the worker dies, or a
+    read fails, the retry starts from the last heartbeat the server received,
+    not from the first file; the result is the same either way. Give the step a
+    `timeout: {heartbeat: 30s}` so a dead worker's attempt is retried after 30 s.
+
+    Args:
+        paths: Files relative to the workspace, in order.
+
+    Returns:
+        Each path's SHA-256 digest.
+    """
+    ctx = tool_context()
+    done: dict[str, str] = dict(ctx.last_heartbeat({}))
+    for path in paths:
+        if path in done:
+            continue  # an earlier attempt did it and said so
+        target = resolve_in_workspace(path)  # refuses paths outside the workspace
+        if not target.is_file():
+            raise ToolError(f"no file {path!r} in the workspace", non_retryable=True)
+        digest = hashlib.sha256()
+        with target.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        done[path] = digest.hexdigest()
+        ctx.heartbeat(dict(done))  # a copy: details are encoded after this returns
+    return {path: done[path] for path in paths}

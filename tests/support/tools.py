@@ -111,3 +111,37 @@ async def slow_heartbeat(journal: str, block_on_attempt: int = 1, seconds: float
         await asyncio.sleep(0.1)
     journal_write(journal, "end")
     return f"finished on attempt {ctx.attempt}"
+
+
+@tool
+async def count_up(
+    journal: str,
+    items: int,
+    fail_at: int | None = None,
+    hold_at: int | None = None,
+    hold_while: str | None = None,
+    every: float = 0.02,
+) -> dict[str, int]:
+    """Add up 0..items-1 one item at a time, heartbeating the progress (next item, sum so far)
+    after each, and on a retry pick up from the previous attempt's last heartbeat.
+
+    Attempt 1 only: raise on reaching item `fail_at`; or, at item `hold_at`, heartbeat in place
+    for as long as the file `hold_while` exists (until the worker or the server is killed).
+    """
+    ctx = tool_context()
+    progress = ctx.last_heartbeat({"next": 0, "sum": 0})
+    first, total = int(progress["next"]), int(progress["sum"])
+    journal_write(journal, "start", resume_from=first)
+    for item in range(first, items):
+        if ctx.attempt == 1 and item == fail_at:
+            raise ConnectionError(f"lost the connection at item {item}")
+        if ctx.attempt == 1 and item == hold_at:
+            while hold_while is not None and Path(hold_while).exists():
+                ctx.heartbeat({"next": item, "sum": total})
+                await asyncio.sleep(0.1)
+        total += item
+        journal_write(journal, "item", item=item)
+        ctx.heartbeat({"next": item + 1, "sum": total})
+        await asyncio.sleep(every)
+    journal_write(journal, "end", sum=total)
+    return {"items": items, "sum": total}
