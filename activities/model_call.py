@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import openai
 import structlog
-from pydantic import ValidationError
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -181,6 +182,8 @@ def _redact(text: str, endpoint: ModelEndpoint) -> str:
 def _translate(err: Exception, endpoint: ModelEndpoint) -> ApplicationError:
     """Map a client error to Temporal's terms: retryable with a delay, or not at all."""
     details = {"attempt": activity.info().attempt}
+    if isinstance(err, InvalidReply):
+        return ApplicationError(str(err), details, type=MODEL_REPLY_INVALID)
     if isinstance(err, openai.APIStatusError):
         status = err.status_code
         message = _redact(f"model API answered {status}: {_api_message(err)}", endpoint)
@@ -226,21 +229,50 @@ async def _complete(
             "json_schema": {"name": "step_output", "schema": schema.json_schema},
         }
     request["timeout"] = _request_timeout()
-    completion = await _client(endpoint).chat.completions.create(**request)
-    if not completion.choices:
-        raise ApplicationError(
-            "the model API answered with no choices",
-            {"attempt": activity.info().attempt},
-            type=MODEL_REPLY_INVALID,
-            non_retryable=True,
-        )
-    message = completion.choices[0].message
+    try:
+        completion: object = await _client(endpoint).chat.completions.create(**request)
+    except json.JSONDecodeError as err:
+        raise InvalidReply(f"the model API answered with a body that is not JSON ({err})") from None
+    message = _reply_message(completion)
     # Content is required back in the chat when there are no tool calls: never None.
     raw: ChatMessage = {"role": "assistant", "content": message.content or ""}
     if message.tool_calls:
         raw["tool_calls"] = [tc.model_dump(exclude_none=True) for tc in message.tool_calls]
-    usage = completion.usage.model_dump() if completion.usage else {}
-    return raw, _usage(usage)
+    usage = getattr(completion, "usage", None)
+    return raw, _usage(usage.model_dump() if isinstance(usage, BaseModel) else {})
+
+
+class InvalidReply(Exception):
+    """The API answered 200 with something that is not a chat completion.
+
+    A proxy's error page, a body cut off on the way, a wrong shape: retried
+    (type `ModelReplyInvalid`), since the next answer is usually whole.
+    """
+
+
+def _reply_message(completion: object) -> ChatCompletionMessage:
+    """The first choice's message, once the reply has been checked to be one.
+
+    The client builds its objects without validating them, so a reply in the
+    wrong shape would otherwise fail later on a missing attribute.
+    """
+    if isinstance(completion, str | bytes):  # the body was not labelled JSON either
+        raise InvalidReply("the model API answered with a body that is not JSON")
+    if not isinstance(completion, ChatCompletion):
+        raise InvalidReply("the model API answered with JSON that is not a chat completion")
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise InvalidReply("the model API answered with no choices")
+    message = getattr(choices[0], "message", None)
+    if not isinstance(message, ChatCompletionMessage):
+        raise InvalidReply("the model API answered with a choice that holds no message")
+    if not isinstance(message.content, str | None) or not isinstance(
+        message.tool_calls, list | None
+    ):
+        raise InvalidReply("the model API answered with a message of the wrong shape")
+    if not all(isinstance(tc, BaseModel) for tc in message.tool_calls or []):
+        raise InvalidReply("the model API answered with tool calls of the wrong shape")
+    return message
 
 
 def _request_timeout() -> float:
@@ -332,7 +364,7 @@ async def model_call(call: ModelCallInput) -> ModelCallOutput:
             message, usage = await _with_heartbeats(
                 _complete(endpoint, call, messages, tool_params(call.tools), schema)
             )
-        except openai.OpenAIError as err:
+        except (openai.OpenAIError, InvalidReply) as err:
             failure = _translate(err, endpoint)
             log.warning(
                 "model call failed",

@@ -6,6 +6,7 @@ If these pass, a failure elsewhere is about Stepflow, not about the fake API it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,13 +18,22 @@ from openai.types.chat import ChatCompletion
 
 from tests.support.model_server import (
     EXHAUSTED,
+    FAULT_KINDS,
+    NO_CHOICES,
+    NOT_JSON,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    SLOW,
     TEST_API_KEY,
+    TRUNCATED_JSON,
+    FaultPlan,
     RecordedRequest,
     Reply,
     ScriptedModelServer,
     error,
     hang,
     json_answer,
+    malformed,
     text,
     tool_calls,
 )
@@ -266,3 +276,104 @@ async def test_requests_record_body_headers_and_authorization(
     assert '"q": "needle"' in two.text  # tool-call arguments count as text too
     assert TEST_API_KEY not in two.text
     assert server.unexpected == []
+
+
+# --- injected faults -----------------------------------------------------------------------------
+
+MIXED = FaultPlan(
+    seed=7, rate_429=0.15, rate_500=0.15, rate_slow=0.15, slow_seconds=0.05, rate_malformed=0.3
+)
+
+
+async def ask_until_answered(client: openai.AsyncOpenAI, prompt: str, tries: int = 50) -> str:
+    """What a retrying caller ends up with; every fault on the way is an exception to retry."""
+    for _ in range(tries):
+        try:
+            completion = await ask(client, prompt)
+            content = completion.choices[0].message.content
+        except (openai.APIError, json.JSONDecodeError, TypeError):
+            continue  # no choices: `completion.choices` is None
+        assert content is not None
+        return content
+    raise AssertionError(f"no answer to {prompt!r} in {tries} tries")
+
+
+async def test_the_same_seed_injects_the_same_faults() -> None:
+    sequences = []
+    for _ in range(2):
+        with ScriptedModelServer() as server:
+            server.respond_with(lambda request: text(f"echo {request.messages[-1]['content']}"))
+            server.inject_faults(MIXED)
+            async with openai.AsyncOpenAI(
+                base_url=server.base_url, api_key=TEST_API_KEY, max_retries=0
+            ) as own:
+                answers = [await ask_until_answered(own, f"q{n}") for n in range(10)]
+            assert answers == [f"echo q{n}" for n in range(10)]  # every fault was retried away
+            faults = server.faults
+            count = len(server.requests)
+            assert [f.index for f in faults] == sorted({f.index for f in faults})
+            by_index = {f.index: f.kind for f in faults}
+            assert [by_index.get(i) for i in range(count)] == MIXED.preview(count)
+            sequences.append([(f.index, f.kind, f.seconds) for f in faults])
+            assert server.unexpected == []
+
+    assert sequences[0] == sequences[1]
+    assert {kind for _, kind, _ in sequences[0]} == set(FAULT_KINDS)  # seed 7 shows every kind
+    other = dataclasses.replace(MIXED, seed=8)
+    assert other.preview(40) != MIXED.preview(40)
+
+
+async def test_faulted_requests_leave_the_script_for_the_retry(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.play(text("first"), text("second"))
+    server.inject_faults(FaultPlan(seed=1, rate_500=0.5))
+
+    assert await ask_until_answered(client, "one") == "first"
+    assert await ask_until_answered(client, "two") == "second"
+
+    failed = {f.index for f in server.faults}
+    assert len(server.requests) == 2 + len(failed)
+    assert server.remaining == 0 and server.unexpected == []
+    server.inject_faults(None)
+    server.play(text("calm"))
+    assert (await ask(client)).choices[0].message.content == "calm"
+    assert len(server.faults) == len(failed)
+
+
+async def test_each_fault_is_the_error_the_client_raises_for_it(
+    server: ScriptedModelServer, client: openai.AsyncOpenAI
+) -> None:
+    server.respond_with(lambda request: text("fine"))
+
+    server.inject_faults(FaultPlan(seed=1, rate_429=1.0, retry_after=0.25))
+    with pytest.raises(openai.RateLimitError) as limited:
+        await ask(client)
+    assert limited.value.response.headers["retry-after"] == "0.25"
+
+    server.inject_faults(FaultPlan(seed=1, rate_500=1.0))
+    with pytest.raises(openai.InternalServerError, match="injected fault: server error"):
+        await ask(client)
+
+    server.inject_faults(FaultPlan(seed=1, rate_slow=1.0, slow_seconds=0.3))
+    assert (await ask(client)).choices[0].message.content == "fine"  # late, not lost
+    server.inject_faults(FaultPlan(seed=1, rate_slow=1.0, slow_seconds=30))  # waits 6.9 s
+    with pytest.raises(openai.APITimeoutError):  # unless the client gives up first
+        await ask(client, timeout=1)
+
+    server.inject_faults(None)
+    server.play(malformed(NOT_JSON), malformed(TRUNCATED_JSON), malformed(NO_CHOICES))
+    with pytest.raises(json.JSONDecodeError):
+        await ask(client)
+    with pytest.raises(json.JSONDecodeError):
+        await ask(client)
+    shapeless = await ask(client)  # the client does not validate: the caller must
+    assert shapeless.choices is None
+
+    kinds = [f.kind for f in server.faults]
+    assert kinds == [RATE_LIMITED, SERVER_ERROR, SLOW, SLOW]
+    assert server.unexpected == []
+    with pytest.raises(ValueError):
+        malformed(RATE_LIMITED)
+    with pytest.raises(ValueError):
+        FaultPlan(seed=1, rate_429=0.6, rate_500=0.6)

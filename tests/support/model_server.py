@@ -14,6 +14,10 @@ A test plays a script, one reply per expected request, and reads the conversatio
     assert "x" in server.requests[1].text
     assert server.unexpected == []
 
+`inject_faults(FaultPlan(seed, rate_429=..., ...))` puts random failures in front of the script
+(429s with `Retry-After`, 500s, slow answers, malformed bodies), the same for the same seed;
+`server.faults` says which request got which.
+
 Only the standard library is used, so the server starts in milliseconds and has nothing to
 install: a `ThreadingHTTPServer` in a daemon thread, one daemon thread per connection.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import random
 import select
 import socket
 import socketserver
@@ -31,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
@@ -158,12 +163,21 @@ class Hang:
     then: Completion | None = None
 
 
-Reply = Completion | ErrorReply | Hang
+@dataclass(frozen=True)
+class Fault:
+    """An injected fault (see `FaultPlan`); scripted with `malformed()`."""
+
+    kind: str
+    seconds: float = 0.0
+    """How long a `slow` answer waits; the `Retry-After` of a `rate_limited` one."""
+
+
+Reply = Completion | ErrorReply | Hang | Fault
 Responder = Callable[[RecordedRequest], Reply]
 """Chooses a reply from the request; for parallel steps whose requests arrive in any order."""
 ScriptEntry = Reply | Responder
 
-_REPLY_TYPES = (Completion, ErrorReply, Hang)
+_REPLY_TYPES = (Completion, ErrorReply, Hang, Fault)
 
 
 def text(
@@ -250,6 +264,104 @@ def hang(seconds: float, then: Completion | None = None) -> Hang:
     return Hang(seconds=seconds, then=then)
 
 
+def malformed(kind: str) -> Fault:
+    """A 200 the client cannot use: `malformed(NOT_JSON)`, `TRUNCATED_JSON` or `NO_CHOICES`."""
+    if kind not in MALFORMED:
+        raise ValueError(f"malformed() takes one of {MALFORMED}, not {kind!r}")
+    return Fault(kind)
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+RATE_LIMITED = "rate_limited"
+"""A 429 with `Retry-After`; the client raises `openai.RateLimitError`."""
+SERVER_ERROR = "server_error"
+"""A 500; the client raises `openai.InternalServerError`."""
+SLOW = "slow"
+"""The scripted answer, after a random wait of up to `FaultPlan.slow_seconds`."""
+NOT_JSON = "not_json"
+"""A 200 whose body is a proxy's HTML page, though it says `application/json`."""
+TRUNCATED_JSON = "truncated_json"
+"""A 200 whose JSON body stops halfway (its `Content-Length` says so: the client reads it all)."""
+NO_CHOICES = "no_choices"
+"""A 200 with well-formed JSON in the wrong shape: a chat completion without `choices`."""
+
+MALFORMED = (NOT_JSON, TRUNCATED_JSON, NO_CHOICES)
+FAULT_KINDS = (RATE_LIMITED, SERVER_ERROR, SLOW, *MALFORMED)
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Random failures in front of the script, drawn from `random.Random(seed)`.
+
+    Each request draws in arrival order, the same number of draws whatever it gets, so a seed
+    gives the same sequence of faults every time (`preview` shows it without a server). Under
+    concurrency which request is the n-th can vary; the sequence cannot. A faulted request other
+    than `slow` does not consume a scripted reply: the client's retry gets it.
+    """
+
+    seed: int
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_slow: float = 0.0
+    rate_malformed: float = 0.0
+    """Split evenly between `not_json`, `truncated_json` and `no_choices`."""
+    slow_seconds: float = 1.0
+    """A slow answer waits between 0 and this long."""
+    retry_after: float = 0.1
+    """Seconds the 429s ask the client to wait (`Retry-After`)."""
+
+    def __post_init__(self) -> None:
+        rates = (self.rate_429, self.rate_500, self.rate_slow, self.rate_malformed)
+        if any(rate < 0 for rate in rates) or sum(rates) > 1:
+            raise ValueError(f"fault rates must be >= 0 and add up to at most 1, not {rates}")
+
+    def dice(self) -> FaultDice:
+        return FaultDice(self)
+
+    def preview(self, count: int) -> list[str | None]:
+        """The kinds the first `count` requests get (None: no fault)."""
+        dice = self.dice()
+        return [fault.kind if fault else None for fault in (dice.roll() for _ in range(count))]
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """Which fault one request got, for the test's assertions."""
+
+    index: int
+    """The request's arrival number (`RecordedRequest.index`)."""
+    kind: str
+    seconds: float = 0.0
+
+
+@dataclass
+class FaultDice:
+    """The draws of one plan: three numbers per request, whatever the outcome."""
+
+    plan: FaultPlan
+    _rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.plan.seed)
+
+    def roll(self) -> Fault | None:
+        plan = self.plan
+        draw, variant, wait = self._rng.random(), self._rng.random(), self._rng.random()
+        if draw < plan.rate_429:
+            return Fault(RATE_LIMITED, seconds=plan.retry_after)
+        draw -= plan.rate_429
+        if draw < plan.rate_500:
+            return Fault(SERVER_ERROR)
+        draw -= plan.rate_500
+        if draw < plan.rate_slow:
+            return Fault(SLOW, seconds=wait * plan.slow_seconds)
+        draw -= plan.rate_slow
+        if draw < plan.rate_malformed:
+            return Fault(MALFORMED[min(int(variant * len(MALFORMED)), len(MALFORMED) - 1)])
+        return None
+
+
 # --- the server --------------------------------------------------------------------------------
 
 
@@ -270,6 +382,8 @@ class ScriptedModelServer:
         self._unexpected: list[RecordedRequest] = []
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
+        self._dice: FaultDice | None = None
+        self._faults: list[InjectedFault] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -338,6 +452,17 @@ class ScriptedModelServer:
         with self._lock:
             self._fallback = responder
 
+    def inject_faults(self, plan: FaultPlan | None) -> None:
+        """Put `plan`'s random faults in front of every later request (None: no more faults)."""
+        with self._lock:
+            self._dice = plan.dice() if plan is not None else None
+
+    @property
+    def faults(self) -> list[InjectedFault]:
+        """The faults injected so far, in the order they were drawn (a snapshot)."""
+        with self._lock:
+            return list(self._faults)
+
     @property
     def remaining(self) -> int:
         """Scripted entries not consumed yet; 0 once the code under test made every call."""
@@ -376,6 +501,13 @@ class ScriptedModelServer:
     def _mark_unexpected(self, request: RecordedRequest) -> None:
         with self._lock:
             self._unexpected.append(request)
+
+    def _draw_fault(self, request: RecordedRequest) -> Fault | None:
+        with self._lock:
+            fault = self._dice.roll() if self._dice is not None else None
+            if fault is not None:
+                self._faults.append(InjectedFault(request.index, fault.kind, fault.seconds))
+            return fault
 
     def _next_entry(self) -> ScriptEntry | None:
         with self._lock:
@@ -466,6 +598,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
     server_version = "ScriptedModelServer/1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
 
     @property
     def _httpd(self) -> _HTTPServer:
@@ -508,6 +641,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(rejection)
             return
 
+        fault = owner._draw_fault(request)
+        if fault is not None and fault.kind != SLOW:
+            self._send_fault(request, fault)
+            return
+
         entry = owner._next_entry()
         if entry is None:
             owner._mark_unexpected(request)
@@ -523,6 +661,9 @@ class _Handler(BaseHTTPRequestHandler):
                 message = f"scripted model server: responder raised {exc!r}"
                 self._send_error(error(500, message))
                 return
+        if fault is not None and owner._stopping.wait(fault.seconds):
+            self.close_connection = True
+            return
         self._send_reply(request, reply)
 
     def _rejection(self, request: RecordedRequest, parsed: object) -> ErrorReply | None:
@@ -537,6 +678,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_reply(self, request: RecordedRequest, reply: Reply) -> None:
         stopping = self._httpd.owner._stopping
+        if isinstance(reply, Fault):
+            self._send_fault(request, reply)
+            return
         if isinstance(reply, ErrorReply):
             self._send_error(reply)
             return
@@ -549,6 +693,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send_json(200, self._httpd.owner._completion_body(request, reply))
+
+    def _send_fault(self, request: RecordedRequest, fault: Fault) -> None:
+        owner = self._httpd.owner
+        if fault.kind == RATE_LIMITED:
+            retry_after = {"Retry-After": f"{fault.seconds:g}"}
+            self._send_error(error(429, "injected fault: rate limited", headers=retry_after))
+        elif fault.kind == SERVER_ERROR:
+            self._send_error(error(500, "injected fault: server error"))
+        elif fault.kind == NOT_JSON:
+            self._send_bytes(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>")
+        elif fault.kind in (TRUNCATED_JSON, NO_CHOICES):
+            body = owner._completion_body(request, text("injected fault: a malformed body"))
+            if fault.kind == NO_CHOICES:
+                del body["choices"]
+                self._send_json(200, body)
+            else:
+                data = json.dumps(body).encode()
+                self._send_bytes(200, data[: len(data) // 2])
+        else:
+            raise ValueError(f"not a fault that replies at once: {fault.kind!r}")
 
     def _send_error(self, reply: ErrorReply) -> None:
         payload = {
@@ -567,7 +731,11 @@ class _Handler(BaseHTTPRequestHandler):
         payload: dict[str, Any],
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
-        data = json.dumps(payload).encode()
+        self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+    def _send_bytes(
+        self, status: int, data: bytes, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
