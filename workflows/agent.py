@@ -6,6 +6,10 @@ sequential) -> the next model call with their results, until the model gives
 a final answer or the step has made `max_model_calls` calls. The conversation
 lives in this workflow's state, so a crashed worker resumes it from history
 instead of starting the step over.
+
+A long loop continues as new between model calls when the server suggests it,
+carrying the conversation; the pipeline waiting on this child sees only the
+final result of the chain.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         AGENT_STEP_WORKFLOW,
         MODEL_CALL_ACTIVITY,
+        AgentCarry,
         AgentStepInput,
         AgentStepResult,
         ChatMessage,
@@ -47,6 +52,12 @@ with workflow.unsafe.imports_passed_through():
 
 PROGRESS_PATCH = "report-progress-to-pipeline"
 """Runs recorded before agent steps reported their progress replay without those signals."""
+
+CONTINUE_AS_NEW_PATCH = "agent-continue-as-new-when-suggested"
+"""Loops that went past the server's suggestion before this code replay without continuing."""
+
+MAX_PARALLEL_TOOL_CALLS = 500
+"""Tool calls of one reply running at once: Temporal allows 2,000 pending activities a workflow."""
 
 MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
 OUTPUT_INVALID = "OutputSchemaMismatch"
@@ -72,14 +83,25 @@ class AgentStepWorkflow:
     @workflow.run
     async def run(self, input: AgentStepInput) -> AgentStepResult:
         step = input.step
-        history_start = 1 + len(input.history)
-        self._messages = [
-            {"role": "system", "content": input.instructions},
-            *input.history,
-            first_user_message(input.input, input.context),
-        ]
-        repairs = 0
-        for number in range(1, step.max_model_calls + 1):
+        carried = input.carried
+        if carried is None:
+            history_start = 1 + len(input.history)
+            self._messages = [
+                {"role": "system", "content": input.instructions},
+                *input.history,
+                first_user_message(input.input, input.context),
+            ]
+            repairs, first = 0, 1
+        else:
+            history_start = carried.transcript_start
+            self._messages = list(carried.messages)
+            self._usage = carried.usage
+            self._model = carried.model
+            self._tool_calls = carried.tool_calls
+            repairs, first = carried.repairs, carried.next_call
+        for number in range(first, step.max_model_calls + 1):
+            if number > first and self._continue_suggested():
+                await self._continue_as_new(input, number, history_start, repairs)
             reply = await self._call_model(input, number)
             self._messages.append(reply.message)
             if reply.tool_calls:
@@ -107,6 +129,42 @@ class AgentStepWorkflow:
             f"no final answer after {step.max_model_calls} model calls "
             f"(max_model_calls: {step.max_model_calls})",
             MAX_MODEL_CALLS_EXCEEDED,
+        )
+
+    def _continue_suggested(self) -> bool:
+        """The server suggests a fresh history, and the conversation can be handed over.
+
+        An oversized conversation is not: the next model call fails it clearly instead.
+        """
+        return (
+            workflow.info().is_continue_as_new_suggested()
+            and conversation_size(self._messages) <= MAX_CONVERSATION_BYTES
+            and workflow.patched(CONTINUE_AS_NEW_PATCH)
+        )
+
+    async def _continue_as_new(
+        self, input: AgentStepInput, number: int, history_start: int, repairs: int
+    ) -> NoReturn:
+        """Go on in a new run with the conversation so far; model call `number` is next."""
+        await workflow.wait_condition(lambda: not self._reports)  # progress reports sent
+        carried = AgentCarry(
+            messages=self._messages,
+            next_call=number,
+            transcript_start=history_start,
+            usage=self._usage,
+            model=self._model,
+            tool_calls=self._tool_calls,
+            repairs=repairs,
+            runs=(input.carried.runs if input.carried else 0) + 1,
+        )
+        workflow.logger.info(
+            "continuing as new before model call %d: run %d of the chain", number, carried.runs + 1
+        )
+        # The conversation holds the history, context and input: they are not sent twice.
+        workflow.continue_as_new(
+            input.model_copy(
+                update={"history": [], "context": {}, "input": None, "carried": carried}
+            )
         )
 
     def _fail(self, message: str, error_type: str) -> NoReturn:
@@ -202,18 +260,34 @@ class AgentStepWorkflow:
         """Run the valid calls; every call, run or not, gets a result message, in order."""
         numbered = list(enumerate(calls, start=1))
         if input.step.tool_calls == "parallel":
+            room = asyncio.Semaphore(MAX_PARALLEL_TOOL_CALLS)
             return list(
-                await asyncio.gather(*(self._run_tool(input, number, i, c) for i, c in numbered))
+                await asyncio.gather(
+                    *(self._run_tool(input, number, i, c, room) for i, c in numbered)
+                )
             )
         return [await self._run_tool(input, number, i, call) for i, call in numbered]
 
     async def _run_tool(
-        self, input: AgentStepInput, number: int, index: int, call: PlannedToolCall
+        self,
+        input: AgentStepInput,
+        number: int,
+        index: int,
+        call: PlannedToolCall,
+        room: asyncio.Semaphore | None = None,
     ) -> ChatMessage:
         if call.error is not None or call.arguments is None:
             return tool_error(call.id, call.error or "the call was not understood")
-        step = input.step
         self._tool_calls += 1
+        if room is not None:
+            async with room:  # takes no turn while there is room: what runs is as it was
+                return await self._call_tool(input, number, index, call)
+        return await self._call_tool(input, number, index, call)
+
+    async def _call_tool(
+        self, input: AgentStepInput, number: int, index: int, call: PlannedToolCall
+    ) -> ChatMessage:
+        step = input.step
         try:
             result: ToolCallOutput = await workflow.execute_activity(
                 tool_activity_name(call.name),

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from workflows.durations import PositiveDuration
 
@@ -421,6 +421,34 @@ def tool_call_queue(routing: TaskRouting | None, tool: str) -> dict[str, Any]:
     return {"task_queue": queue} if queue else {}
 
 
+class PipelineCarry(BaseModel):
+    """What a pipeline run hands the next run of its chain when it continues as new.
+
+    Steps still PENDING have no record here (the next run makes them afresh);
+    outputs are the records' own. Approval and input steps that were WAITING go
+    on waiting in the next run, until `started_at` plus their timeout.
+    """
+
+    started_at: datetime = Field(description="When the first run of the chain started.")
+    records: list[StepRecord] = Field(description="Every step that is no longer PENDING.")
+    transcripts: list[ChatMessage] = Field(
+        default_factory=list, description="`context: full` only: the conversations so far."
+    )
+    paused: bool = False
+    cancel_requests: dict[str, str | None] = Field(
+        default_factory=dict, description="Steps someone asked to cancel, with their comment."
+    )
+    answers: dict[str, tuple[str, Any]] = Field(
+        default_factory=dict, description="Answers given to waiting steps, not yet taken up."
+    )
+    runs: int = Field(default=1, description="Runs of the chain before the one this starts.")
+
+    @field_serializer("records")
+    def _compact(self, records: list[StepRecord]) -> list[dict[str, Any]]:
+        # Fields left at their defaults are most of a record: thousands of steps must fit.
+        return [r.model_dump(mode="json", exclude_defaults=True) for r in records]
+
+
 class PipelineInput(BaseModel):
     """What a pipeline run starts with: the spec itself and the values of its inputs."""
 
@@ -428,6 +456,9 @@ class PipelineInput(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     routing: TaskRouting | None = Field(
         default=None, description="Task queues for model calls and tools; None: the run's queue."
+    )
+    carried: PipelineCarry | None = Field(
+        default=None, description="Set by the run before, when this run continues its work."
     )
 
 
@@ -535,6 +566,23 @@ class ModelCallOutput(BaseModel):
         return not self.tool_calls
 
 
+class AgentCarry(BaseModel):
+    """Where an agent step's loop stands when its workflow continues as new.
+
+    The conversation replaces `history`, `context` and `input`, which the
+    continuing run's input leaves empty: they are in its first messages.
+    """
+
+    messages: list[ChatMessage]
+    next_call: int = Field(description="The number of the model call to make next.")
+    transcript_start: int = Field(description="Where this step's own messages begin.")
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    model: str | None = None
+    tool_calls: int = 0
+    repairs: int = 0
+    runs: int = Field(default=1, description="Runs of the step's chain before the one this starts.")
+
+
 class AgentStepInput(BaseModel):
     """What `AgentStepWorkflow` starts with; the pipeline resolves every setting first."""
 
@@ -556,6 +604,9 @@ class AgentStepInput(BaseModel):
     idempotency_prefix: str = Field(description="Tool calls' keys start with it.")
     routing: TaskRouting | None = Field(
         default=None, description="The pipeline's task routing, for model and tool calls."
+    )
+    carried: AgentCarry | None = Field(
+        default=None, description="Set by the run before, when this run continues the loop."
     )
 
 

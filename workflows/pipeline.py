@@ -4,6 +4,11 @@ Ready-set scheduling: every step whose dependencies have succeeded starts at
 once, up to `max_concurrency`, in the order the spec lists them. The workflow
 keeps one `StepRecord` per step; Temporal keeps the workflow, so a crashed
 worker costs nothing but the attempt that was running.
+
+Long runs continue as new when the server suggests it (its history has grown
+long): no new step starts, the running activities and agent steps finish
+(they belong to this run), and the next run of the chain takes over the step
+records, with approval and input steps still waiting, until their deadlines.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         ChatMessage,
         Fallback,
         InputStep,
+        PipelineCarry,
         PipelineInput,
         PipelineResult,
         PipelineSpec,
@@ -86,6 +92,21 @@ PIPELINE_FAILED = "PipelineFailed"
 INVALID_REFERENCE = "InvalidReference"
 REJECTED = "Rejected"
 CANCELLED_BY_REQUEST = "Cancelled"
+
+CONTINUE_AS_NEW_PATCH = "continue-as-new-when-suggested"
+"""Runs that went past the server's suggestion before this code replay without continuing."""
+
+CANCEL_CHAIN_PATCH = "cancel-agent-step-chain"
+"""Runs that cancelled an agent step before this code replay without the second request."""
+
+MAX_CARRIED_BYTES = 2_000_000
+"""The largest next-run input (spec, inputs, records) a run hands over: below Temporal's 2 MB.
+
+A run whose state has outgrown it does not continue as new: it runs on in one
+history (the suggestion comes early; Temporal's hard limit is 51,200 events or
+50 MB) and says so in the worker log. The workflow cannot see whether the
+worker's payload store would have kept a larger input outside history.
+"""
 
 
 class _StepFailed(Exception):
@@ -146,10 +167,13 @@ class PipelineWorkflow:
         # Built from the input before anything else runs, so a query or an update that
         # arrives with the run's first task already finds every step.
         spec = input.spec
+        carried = input.carried
         self._spec = spec
         self._records: dict[str, StepRecord] = {
             s.id: StepRecord(id=s.id, kind=s.kind) for s in spec.steps
         }
+        if carried is not None:
+            self._records.update({r.id: r for r in carried.records if r.id in self._records})
         self._spec_steps: dict[str, AnyStep] = {s.id: s for s in spec.steps}
         self._order: dict[str, int] = {}
         self._unmet: dict[str, int] = {}
@@ -161,12 +185,27 @@ class PipelineWorkflow:
         self._cancelling = False
         """Set once the pipeline cancels its steps; a cancel from outside fails just one step."""
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._chain_cancels: set[asyncio.Task[None]] = set()
+        """Cancel requests sent to agent steps' current runs, until Temporal has them."""
         self._paused = False
         self._cancel_requests: dict[str, str | None] = {}
         """Steps someone asked to cancel, with the comment they gave."""
         self._answers: dict[str, tuple[str, Any]] = {}
         """What people answered waiting steps: ("approve"|"reject", comment) or ("input", value)."""
-        self._started_at = workflow.now()
+        self._started_at = carried.started_at if carried else workflow.now()
+        self._draining = False
+        """The server suggested continuing as new: no step starts until this run has handed over."""
+        self._carry_refused = False
+        """The state is too big to hand over: this run goes on to the end."""
+        self._runs_before = carried.runs if carried else 0
+        if carried is not None:
+            self._outputs = {
+                r.id: r.output for r in carried.records if r.status is StepStatus.SUCCEEDED
+            }
+            self._transcripts = list(carried.transcripts)
+            self._paused = carried.paused
+            self._cancel_requests = dict(carried.cancel_requests)
+            self._answers = dict(carried.answers)
         self._ended: RunStatus | None = None
         self._error: str | None = None
         self._published: RunStatus | None = None
@@ -189,17 +228,23 @@ class PipelineWorkflow:
             raise ApplicationError(message, type=INVALID_PIPELINE, non_retryable=True) from None
 
         try:
+            self._resume_waiting(spec, inputs)
             while True:
                 self._start_ready(spec, inputs)
                 self._publish()
                 if not self._running and (self._fatal is not None or not self._has_ready()):
                     break
-                await workflow.wait_condition(self._should_wake)
+                if self._draining and self._busy() == 0 and self._fatal is None:
+                    await self._continue_as_new(input)  # returns if it must wait a task first
+                else:
+                    await workflow.wait_condition(self._should_wake)
                 for step_id in [sid for sid, task in self._running.items() if task.done()]:
                     self._running.pop(step_id).result()
                     self._settle(step_id)
                 if self._fatal is not None:
                     await self._cancel_all(f"pipeline failed at step {self._fatal!r}")
+                elif not self._draining and self._continue_suggested():
+                    self._draining = True
         except asyncio.CancelledError:
             await self._cancel_all("pipeline was cancelled")
             self._end(RunStatus.CANCELLED, "the run was cancelled")
@@ -226,15 +271,26 @@ class PipelineWorkflow:
     def _plan(self, spec: PipelineSpec) -> None:
         """Index the DAG once, so each finished step costs only its dependents, not all N steps."""
         self._order = {s.id: i for i, s in enumerate(spec.steps)}
-        self._unmet = {s.id: len(set(s.depends_on)) for s in spec.steps}
+        # A continued run's steps count only the dependencies that have not succeeded yet.
+        self._unmet = {
+            s.id: sum(1 for d in set(s.depends_on) if not self._succeeded(d)) for s in spec.steps
+        }
         self._dependents = {s.id: [] for s in spec.steps}
         for s in spec.steps:
             for dep in dict.fromkeys(s.depends_on):
                 # An unknown dependency fails the run in `run`; here it must not raise.
                 self._dependents.setdefault(dep, []).append(s.id)
         # Ready steps start in the order the spec lists them: a heap of (position, id).
-        self._ready = [(self._order[sid], sid) for sid, n in self._unmet.items() if n == 0]
+        self._ready = [
+            (self._order[sid], sid)
+            for sid, n in self._unmet.items()
+            if n == 0 and self._records[sid].status is StepStatus.PENDING
+        ]
         heapq.heapify(self._ready)
+
+    def _succeeded(self, step_id: str) -> bool:
+        record = self._records.get(step_id)
+        return record is not None and record.status is StepStatus.SUCCEEDED
 
     def _busy(self) -> int:
         """Running steps that count towards max_concurrency: people waiting take no slot."""
@@ -245,22 +301,25 @@ class PipelineWorkflow:
 
     def _start_ready(self, spec: PipelineSpec, inputs: dict[str, Any]) -> None:
         """Start every ready step there is room for, in spec order, unless paused or failing."""
-        if self._fatal is not None or self._paused:
+        if self._fatal is not None or self._paused or self._draining:
             return
         deferred = []
+        busy = self._busy()  # counted once: with thousands of ready steps, per step is too slow
         while self._ready:
             entry = heapq.heappop(self._ready)
             step_id = entry[1]
             if self._records[step_id].status is not StepStatus.PENDING:
                 continue  # cancelled while it waited its turn
             step = self._spec_steps[step_id]
-            if not _is_human(step) and self._busy() >= spec.max_concurrency:
+            human = _is_human(step)
+            if not human and busy >= spec.max_concurrency:
                 deferred.append(entry)
                 continue
             record = self._records[step_id]
             record.status = StepStatus.RUNNING
             record.started_at = workflow.now()
             self._running[step_id] = asyncio.create_task(self._run_step(spec, step, inputs))
+            busy += 0 if human else 1
         for entry in deferred:
             heapq.heappush(self._ready, entry)
 
@@ -271,6 +330,7 @@ class PipelineWorkflow:
             return True  # a cancelled pending step may have been the last one
         return (
             not self._paused
+            and not self._draining  # no step starts before the hand-over
             and self._has_ready()
             and (self._busy() < self._spec.max_concurrency or self._human_ready())
         )
@@ -307,8 +367,8 @@ class PipelineWorkflow:
     async def _cancel_all(self, reason: str) -> None:
         self._cancelling = True
         running = self._running
-        for task in running.values():
-            task.cancel()
+        for step_id in running:
+            self._cancel_running(step_id)
         for step_id, task in list(running.items()):
             try:
                 await task
@@ -324,13 +384,105 @@ class PipelineWorkflow:
                 record.status = StepStatus.SKIPPED
                 record.reason = reason
 
+    def _cancel_running(self, step_id: str) -> None:
+        """Cancel a running step's task; an agent step's child workflow is told by its id too.
+
+        The SDK cancels a child by the run id it started with, and Temporal drops that
+        request once the child has continued as new (temporalio/features#503). A request
+        by workflow id alone reaches the child's current run, whichever it is.
+        """
+        self._running[step_id].cancel()
+        if isinstance(self._spec_steps[step_id], AgentStep) and workflow.patched(
+            CANCEL_CHAIN_PATCH
+        ):
+            child = workflow.get_external_workflow_handle(_agent_workflow_id(step_id))
+
+            async def cancel() -> None:
+                try:
+                    await child.cancel()
+                except Exception:  # not started yet, or ended meanwhile: nothing to stop
+                    workflow.logger.debug("agent step %r: no run to cancel", step_id)
+
+            task = asyncio.create_task(cancel())
+            self._chain_cancels.add(task)
+            task.add_done_callback(self._chain_cancels.discard)
+
+    # -- continuing as new ------------------------------------------------------
+
+    def _continue_suggested(self) -> bool:
+        """The server suggests a fresh history (it has grown long), and this run can hand over."""
+        return (
+            not self._carry_refused
+            and workflow.info().is_continue_as_new_suggested()
+            # Runs that went past the suggestion on older code replay as they ran.
+            and workflow.patched(CONTINUE_AS_NEW_PATCH)
+        )
+
+    def _resume_waiting(self, spec: PipelineSpec, inputs: dict[str, Any]) -> None:
+        """A continued run: the approval and input steps the run before left waiting wait on."""
+        for s in spec.steps:
+            if _is_human(s) and self._records[s.id].status in (
+                StepStatus.WAITING,
+                StepStatus.RUNNING,
+            ):
+                self._running[s.id] = asyncio.create_task(
+                    self._run_step(spec, s, inputs, resume=True)
+                )
+
+    async def _continue_as_new(self, input: PipelineInput) -> None:
+        """Hand the state over to a new run of the chain; returns only to take one more task.
+
+        Called once only approval and input steps are left running: activities and
+        child workflows belong to a run and cannot move. The waiting steps are
+        carried with their records; an update accepted in this very task is answered
+        first, in a task of its own (see `_answer_updates_before_closing`).
+        """
+        info = workflow.info()
+        if workflow.all_handlers_finished() and self._update_task != (
+            info.get_current_history_length()
+        ):
+            carried = self._carry()
+            next_input = input.model_copy(update={"carried": carried})
+            size = len(next_input.model_dump_json().encode())
+            if size <= MAX_CARRIED_BYTES:
+                workflow.logger.info(
+                    "continuing as new after %d events: run %d of the chain",
+                    info.get_current_history_length(),
+                    carried.runs + 1,
+                )
+                # Memo and search attributes carry over by default.
+                workflow.continue_as_new(next_input)
+            workflow.logger.warning(
+                "not continuing as new: the run's state is %d bytes, over the %d a new run's "
+                "input may take; the run goes on in this history",
+                size,
+                MAX_CARRIED_BYTES,
+            )
+            self._carry_refused = True
+            self._draining = False
+            return
+        await self._answer_updates_before_closing()
+
+    def _carry(self) -> PipelineCarry:
+        return PipelineCarry(
+            started_at=self._started_at,
+            records=[r for r in self._ordered_records() if r.status is not StepStatus.PENDING],
+            transcripts=self._transcripts,
+            paused=self._paused,
+            cancel_requests=self._cancel_requests,
+            answers=self._answers,
+            runs=self._runs_before + 1,
+        )
+
     # -- one step -----------------------------------------------------------
 
-    async def _run_step(self, spec: PipelineSpec, step: AnyStep, inputs: dict[str, Any]) -> None:
+    async def _run_step(
+        self, spec: PipelineSpec, step: AnyStep, inputs: dict[str, Any], resume: bool = False
+    ) -> None:
         record = self._records[step.id]
         try:
             try:
-                output = await self._execute(spec, step, inputs, record)
+                output = await self._execute(spec, step, inputs, record, resume)
             except asyncio.CancelledError:
                 if step.id in self._cancel_requests and not self._cancelling:
                     raise _StepFailed(
@@ -363,9 +515,17 @@ class PipelineWorkflow:
         self._outputs[step.id] = output
 
     async def _execute(
-        self, spec: PipelineSpec, step: AnyStep, inputs: dict[str, Any], record: StepRecord
+        self,
+        spec: PipelineSpec,
+        step: AnyStep,
+        inputs: dict[str, Any],
+        record: StepRecord,
+        resume: bool = False,
     ) -> Any:
-        """Run the step by its kind; returns its output or raises `_StepFailed`."""
+        """Run the step by its kind; returns its output or raises `_StepFailed`.
+
+        `resume`: an approval or input step the run before left waiting waits on.
+        """
         if isinstance(step, AgentStep):
             record.max_model_calls = step.max_model_calls
             agent = await self._run_agent(spec, step, inputs)
@@ -379,16 +539,24 @@ class PipelineWorkflow:
             called = await self._call_tool(spec, step, inputs)
             record.attempts = called.attempt
             return called.output
-        return await self._wait_for_person(step, inputs, record)
+        return await self._wait_for_person(step, inputs, record, resume)
 
     async def _wait_for_person(
-        self, step: ApprovalStep | InputStep, inputs: dict[str, Any], record: StepRecord
+        self,
+        step: ApprovalStep | InputStep,
+        inputs: dict[str, Any],
+        record: StepRecord,
+        resume: bool = False,
     ) -> Any:
         """An approval or input step: wait (durably, maybe for days) for someone's answer."""
         wanted: Literal["approval", "input"] = (
             "approval" if isinstance(step, ApprovalStep) else "input"
         )
-        if step.message is not None:
+        timeout = step.timeout
+        if resume and timeout is not None and record.started_at is not None:
+            # The run before asked already; the timeout still counts from when it did.
+            timeout = record.started_at + timeout - workflow.now()
+        if step.message is not None and record.message is None:
             try:
                 declared = {d: self._outputs[d] for d in step.depends_on}
                 record.message = str(render(step.message, inputs, declared))
@@ -398,9 +566,11 @@ class PipelineWorkflow:
         record.waiting_for = wanted
         self._publish()
         try:
+            if timeout is not None and timeout <= timedelta(0):
+                raise TimeoutError  # the deadline passed while the run continued as new
             await workflow.wait_condition(
                 lambda: step.id in self._answers,
-                timeout=step.timeout,
+                timeout=timeout,
                 timeout_summary=f"{step.id} · {wanted} timeout",
             )
         except TimeoutError:  # the builtin one: wait_condition's timer fired
@@ -459,7 +629,7 @@ class PipelineWorkflow:
                     idempotency_prefix=f"{info.workflow_id}/{info.first_execution_run_id}/{step.id}",
                     routing=self._routing,
                 ),
-                id=f"{info.workflow_id}/{step.id}",
+                id=_agent_workflow_id(step.id),
                 static_summary=f"agent step {step.id}",
             )
         except ChildWorkflowError as err:
@@ -712,7 +882,7 @@ class PipelineWorkflow:
         self._cancel_requests[step_id] = request.comment
         record = self._records[step_id]
         if step_id in self._running:
-            self._running[step_id].cancel()  # _run_step records it and applies on_failure
+            self._cancel_running(step_id)  # _run_step records it and applies on_failure
             return
         # Not started yet: it never will. on_failure decides what its dependents do.
         record.status = StepStatus.CANCELLED
@@ -778,6 +948,11 @@ class PipelineWorkflow:
             started_at=started_at,
             ended_at=workflow.now(),
         )
+
+
+def _agent_workflow_id(step_id: str) -> str:
+    """The id of an agent step's child workflow: `<pipeline's workflow id>/<step id>`."""
+    return f"{workflow.info().workflow_id}/{step_id}"
 
 
 def _is_human(step: AnyStep) -> bool:

@@ -7,6 +7,10 @@ the scripted model server, and writes the history of the pipeline and of each
 agent step's child workflow to `tests/histories/`. Re-record only on purpose:
 the point of the committed files is that today's workflow code must replay
 yesterday's runs. A change that cannot replay them needs `workflow.patched()`.
+
+A workflow that continued as new is saved run by run: `NAME.json` is the first
+run, `NAME.run2.json` the next, and so on (children likewise). The scenarios in
+`LOW_LIMIT` run on a server of their own that suggests continuing as new early.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
 
 from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from client.loading import load_spec_file
-from runtime.devserver import start_ephemeral_environment
+from runtime.devserver import start_ephemeral_environment, temporal_binary, tuned_flags
+from runtime.payload_storage import stepflow_data_converter
 from runtime.settings import Settings
 from tests.support.helpers import agent, pipeline, step
-from tests.support.model_server import ScriptedModelServer, json_answer, tool_calls
+from tests.support.model_server import ScriptedModelServer, json_answer, text, tool_calls
 from worker import build_worker
 from workflows.control import (
     APPROVE,
@@ -174,6 +180,60 @@ async def run_control(stepflow: StepflowClient, server: ScriptedModelServer) -> 
         return run.workflow_id
 
 
+CONTINUE_AS_NEW_AT = 40
+"""The `continue-as-new` scenario's server suggests continuing as new after this many events."""
+
+
+async def continue_as_new(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """A pipeline and an agent step that continue as new, an approval waiting across it."""
+    server.play(*[tool_calls(("echo", {"value": n})) for n in range(6)], text("echoed six"))
+    chain = [step("c0", "echo", args={"value": 0})] + [
+        step(f"c{i}", "echo", depends_on=[f"c{i - 1}"], args={"value": i}) for i in range(1, 12)
+    ]
+    spec = pipeline(
+        *chain,
+        {
+            "id": "ask",
+            "kind": "approval",
+            "message": "go on after {{ steps.c0.output }}?",
+            "timeout": "1h",
+            "depends_on": ["c0"],
+        },
+        agent("loop", tools=["echo"], input="echo six times"),
+        step("after", "echo", depends_on=["ask", "loop", "c11"], args={"value": "done"}),
+        name="continue-as-new",
+    )
+    run = await stepflow.start_pipeline(spec, workflow_id=f"continue-as-new-{uuid.uuid4().hex[:8]}")
+    handle = stepflow.temporal.get_workflow_handle(run.workflow_id)
+    for _ in range(600):  # `ask` waits on in the next run, until someone approves it there
+        if (await handle.describe()).run_id != run.run_id:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise TimeoutError("the pipeline never continued as new")
+    await _wait_for(stepflow, run.workflow_id, "ask", "WAITING")
+    await handle.execute_update(APPROVE, StepRequest(step="ask", comment="yes"))
+    await stepflow.get_result(run.workflow_id)
+    return run.workflow_id
+
+
+LOW_LIMIT = {"continue-as-new"}
+
+
+async def _low_limit_environment() -> WorkflowEnvironment:
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=stepflow_data_converter(Settings()),
+        dev_server_extra_args=[
+            *tuned_flags(),
+            "--dynamic-config-value",
+            f"limit.historyCount.suggestContinueAsNew={CONTINUE_AS_NEW_AT}",
+            "--dynamic-config-value",
+            'history.workflowIdReuseMinimalInterval="0s"',  # no 1 s pause between short runs
+        ],
+    )
+
+
 def _example(path: str) -> Scenario:
     async def scenario(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
         return await _run(stepflow, Path(path).stem.replace("_", "-"), load_spec_file(ROOT / path))
@@ -188,13 +248,28 @@ SCENARIOS: dict[str, Scenario] = {
     "run-control": run_control,
     "example-research-report": _example("examples/research_report.yaml"),
     "example-code-task": _example("examples/code_task.yaml"),
+    "continue-as-new": continue_as_new,
 }
 
 
-async def _children(client: Client, workflow_id: str) -> list[str]:
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
+async def _runs(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """The history of each run of a workflow, the first to the last it continued as."""
+    latest = (await client.get_workflow_handle(workflow_id).fetch_history()).events[0]
+    run_id = latest.workflow_execution_started_event_attributes.first_execution_run_id
+    histories = []
+    while True:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.append(history)
+        last = history.events[-1]
+        if last.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            return histories
+        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+
+
+def _children(runs: list[WorkflowHistory]) -> list[str]:
     return [
         event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+        for history in runs
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
     ]
@@ -202,15 +277,16 @@ async def _children(client: Client, workflow_id: str) -> list[str]:
 
 async def _save(client: Client, name: str, workflow_id: str) -> list[Path]:
     written = []
+    runs = await _runs(client, workflow_id)
     for suffix, wf_id in [("", workflow_id)] + [
-        (f".{child.rsplit('/', 1)[-1]}", child) for child in await _children(client, workflow_id)
+        (f".{child.rsplit('/', 1)[-1]}", child) for child in _children(runs)
     ]:
-        history = await client.get_workflow_handle(wf_id).fetch_history()
-        path = HISTORIES / f"{name}{suffix}.json"
-        # The id goes with the history: a child's commands name children by the parent's id.
-        saved = {"workflow_id": wf_id, "history": history.to_json_dict()}
-        path.write_text(json.dumps(saved, indent=1) + "\n")
-        written.append(path)
+        for number, history in enumerate(await _runs(client, wf_id), start=1):
+            path = HISTORIES / f"{name}{suffix}{'' if number == 1 else f'.run{number}'}.json"
+            # The id goes with the history: a child's commands name children by the parent's id.
+            saved = {"workflow_id": wf_id, "history": history.to_json_dict()}
+            path.write_text(json.dumps(saved, indent=1) + "\n")
+            written.append(path)
     return written
 
 
@@ -225,12 +301,20 @@ async def main(names: list[str]) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
         os.environ.pop(name, None)
     settings = Settings()
-    env = await start_ephemeral_environment()
+    names = names or list(SCENARIOS)
+    usual = [name for name in names if name not in LOW_LIMIT]
+    low = [name for name in names if name in LOW_LIMIT]
+    for start, chosen in ((start_ephemeral_environment, usual), (_low_limit_environment, low)):
+        if chosen:
+            await _record(await start(), settings, chosen)
+
+
+async def _record(env: WorkflowEnvironment, settings: Settings, names: list[str]) -> None:
     try:
         stepflow = StepflowClient(env.client, settings=settings)
         tools = load_tool_modules(settings.tool_modules)
         async with build_worker(env.client, settings, tools=tools):
-            for name in names or list(SCENARIOS):
+            for name in names:
                 scenario = SCENARIOS[name]
                 with ScriptedModelServer() as server:
                     os.environ["OPENAI_BASE_URL"] = server.base_url
