@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -41,7 +42,14 @@ from client.runs import (
     stepflow_attributes,
     warn_unregistered,
 )
-from client.timeline import TimelineEvent, build_timeline, child_executions, merge
+from client.timeline import (
+    TimelineEvent,
+    build_timeline,
+    child_executions,
+    merge,
+    next_run,
+    previous_run,
+)
 from runtime.connection import connect
 from runtime.routing import task_routing, warn_unserved
 from runtime.settings import Settings, get_settings
@@ -111,7 +119,7 @@ def control_errors(workflow_id: str) -> Iterator[None]:
         raise ControlRejected(f"run {workflow_id} could not answer: {err.message}") from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            if "already completed" in err.message:
+            if "already completed" in err.message or "closing workflow" in err.message:
                 raise ControlRejected(f"run {workflow_id} has already ended") from None
             raise RunNotFound(f"no run with id {workflow_id!r}") from None
         raise
@@ -292,22 +300,38 @@ class StepflowClient:
         """
         converter = self.temporal.data_converter
         with control_errors(workflow_id):
-            events = (await self._handle(workflow_id).fetch_history()).events
-        timeline = await build_timeline(events, converter)
-        timelines = [timeline]
-        origin = timeline[0].time if timeline else None
-        for child_id, child_run_id in child_executions(events):
-            handle = self.temporal.get_workflow_handle(child_id, run_id=child_run_id)
-            try:
-                child_events = (await handle.fetch_history()).events
-            except RPCError as err:  # a child's history can be gone (retention) before its parent's
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                continue
-            timelines.append(
-                await build_timeline(child_events, converter, origin=origin, child=True)
-            )
+            runs = [list((await self._handle(workflow_id).fetch_history()).events)]
+            # A long run continued as new: its earlier runs hold the earlier events.
+            while (previous := previous_run(runs[0])) is not None:
+                runs.insert(0, await self._events(workflow_id, previous) or [])
+        timelines: list[list[TimelineEvent]] = []
+        origin = None
+        for events in runs:
+            timelines.append(await build_timeline(events, converter, origin=origin))
+            origin = origin or (timelines[0][0].time if timelines[0] else None)
+        for events in runs:
+            for child_id, child_run_id in child_executions(events):
+                # An agent step's chain: from the run the pipeline started, forward.
+                run_id: str | None = child_run_id
+                while run_id is not None:
+                    child_events = await self._events(child_id, run_id)
+                    if child_events is None:
+                        break  # gone (retention) before its parent's
+                    timelines.append(
+                        await build_timeline(child_events, converter, origin=origin, child=True)
+                    )
+                    run_id = next_run(child_events)
         return merge(*timelines)
+
+    async def _events(self, workflow_id: str, run_id: str) -> list[HistoryEvent] | None:
+        """One run's history events; None if Temporal no longer has them."""
+        handle = self.temporal.get_workflow_handle(workflow_id, run_id=run_id)
+        try:
+            return list((await handle.fetch_history()).events)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return None
 
     async def wait_closed(self, workflow_id: str) -> RunSummary:
         """The run once Temporal has closed it; bound the wait with `asyncio.timeout`."""

@@ -140,7 +140,8 @@ def list_query(status: str | None = None, pipeline: str | None = None) -> str:
     Raises:
         ValueError: an unknown status or a malformed pipeline name.
     """
-    query = f"WorkflowType = '{PIPELINE_WORKFLOW}'"
+    # A long run that continued as new is one pipeline run: list its current run only.
+    query = f"WorkflowType = '{PIPELINE_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew'"
     if status is not None:
         status = status.upper()
         if status not in LIST_STATUSES:

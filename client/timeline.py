@@ -172,7 +172,9 @@ class _Builder:
 
     async def on_workflow_execution_started(self, event: HistoryEvent, a: Any) -> None:
         self.workflow_id = a.workflow_id or self.workflow_id
-        if self.child:
+        if self.child or a.continued_execution_run_id:
+            # A child's start is in its parent's history; a continued run's in the "continued
+            # as new" line of the run before.
             self.origin = self.origin or _time(event)
             return
         summary = await self.summary(event)
@@ -315,11 +317,27 @@ class _Builder:
         await self.run_event(event, "timed out")
 
     async def on_workflow_execution_continued_as_new(self, event: HistoryEvent, a: Any) -> None:
-        await self.run_event(event, "continued as new")
+        await self.run_event(event, "continued as new (its history had grown long)")
 
 
 def _time(event: HistoryEvent) -> datetime:
     return event.event_time.ToDatetime(tzinfo=UTC)
+
+
+def previous_run(events: Sequence[HistoryEvent]) -> str | None:
+    """The run this one continued as new from, if it did."""
+    if events and events[0].HasField("workflow_execution_started_event_attributes"):
+        attributes = events[0].workflow_execution_started_event_attributes
+        return attributes.continued_execution_run_id or None
+    return None
+
+
+def next_run(events: Sequence[HistoryEvent]) -> str | None:
+    """The run this one continued as new into, if it did."""
+    if events and events[-1].HasField("workflow_execution_continued_as_new_event_attributes"):
+        attributes = events[-1].workflow_execution_continued_as_new_event_attributes
+        return attributes.new_execution_run_id or None
+    return None
 
 
 def child_executions(events: Sequence[HistoryEvent]) -> list[tuple[str, str]]:

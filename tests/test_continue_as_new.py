@@ -175,6 +175,29 @@ async def test_a_pipeline_far_past_the_limit_continues_as_new_invisibly(
     assert (await described.memo())["pipeline"] == "test"
     assert described.typed_search_attributes.get(PIPELINE_ATTRIBUTE) == "test"
     assert described.typed_search_attributes.get(STATUS_ATTRIBUTE) == RunStatus.SUCCEEDED.value
+    # `stepflow history` reads the whole chain; `stepflow list` shows the pipeline run once.
+    timeline = await stepflow.history(run.workflow_id)
+    lines = [(e.subject, e.what) for e in timeline]
+    assert lines[0] == ("run", "started (pipeline test)")
+    assert lines.count(("run", "continued as new (its history had grown long)")) == len(runs) - 1
+    assert lines[-1] == ("run", "completed")
+    assert [e.elapsed for e in timeline] == sorted(e.elapsed for e in timeline)
+    for i in (0, length - 1):
+        assert (
+            sum(
+                1
+                for subject, what in lines
+                if subject == f"c{i} · tool record" and what.startswith("completed")
+            )
+            == 1
+        )
+    listed = await eventually(
+        lambda: stepflow.list_runs(pipeline="test", limit=100),
+        # Visibility lags: until each run of the chain is recorded closed, wait.
+        lambda found: [r.workflow_id for r in found].count(run.workflow_id) == 1,
+        "the run listed once",
+    )
+    assert next(r for r in listed if r.workflow_id == run.workflow_id).status == "SUCCEEDED"
 
 
 async def test_waiting_steps_and_a_pause_are_carried_into_the_next_run(

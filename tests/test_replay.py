@@ -23,7 +23,8 @@ from worker import WORKFLOWS
 from workflows.models import PipelineInput, PipelineResult, ToolCallOutput
 from workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+ROOT = Path(__file__).resolve().parent.parent
+HISTORIES = sorted((ROOT / "tests" / "histories").glob("*.json"))
 
 
 def test_there_are_histories_of_pipelines_and_agent_steps() -> None:
@@ -31,6 +32,17 @@ def test_there_are_histories_of_pipelines_and_agent_steps() -> None:
     assert "tools-dag" in names and "agent-scripted.review" in names
     # Run control: updates, signals, a durable timer, search attributes, progress reports.
     assert "run-control" in names and "run-control.plan" in names
+    # Long runs: a pipeline and an agent loop that continued as new, every run of each chain.
+    assert {"continue-as-new.run2", "continue-as-new.loop.run2"} <= names
+
+
+def test_every_example_pipeline_has_a_committed_history() -> None:
+    """`make histories` records one per example; a new example without one fails here."""
+    names = {path.stem for path in HISTORIES}
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert examples
+    missing = [p.name for p in examples if f"example-{p.stem.replace('_', '-')}" not in names]
+    assert not missing, f"no history for {missing}: run `make histories` and commit them"
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

@@ -1,12 +1,16 @@
 """Record the workflow histories that `tests/test_replay.py` replays.
 
-    python -m tests.support.record_histories [SCENARIO ...]   # default: all
+    python -m tests.support.record_histories [SCENARIO ...]   # default: all (`make histories`)
+    python -m tests.support.record_histories --tag v2 run-control   # run-control@v2*.json
 
 Runs each pipeline below on a fresh dev server, against the offline model or
 the scripted model server, and writes the history of the pipeline and of each
 agent step's child workflow to `tests/histories/`. Re-record only on purpose:
 the point of the committed files is that today's workflow code must replay
 yesterday's runs. A change that cannot replay them needs `workflow.patched()`.
+So a scenario whose history is already committed is skipped: after a patched
+change, record it again under a tag (`--tag`), next to the old files, which
+stand for the runs still in flight.
 
 A workflow that continued as new is saved run by run: `NAME.json` is the first
 run, `NAME.run2.json` the next, and so on (children likewise). The scenarios in
@@ -15,6 +19,7 @@ run, `NAME.run2.json` the next, and so on (children likewise). The scenarios in
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -241,6 +246,18 @@ def _example(path: str) -> Scenario:
     return scenario
 
 
+async def release_notes(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """The example that waits for people: an input, then a sign-off."""
+    spec = load_spec_file(ROOT / "examples/release_notes.yaml")
+    run = await stepflow.start_pipeline(spec, workflow_id=f"release-notes-{uuid.uuid4().hex[:8]}")
+    await _wait_for(stepflow, run.workflow_id, "highlights", "WAITING")
+    await stepflow.give_input(run.workflow_id, "highlights", 2)
+    await _wait_for(stepflow, run.workflow_id, "sign-off", "WAITING")
+    await stepflow.approve(run.workflow_id, "sign-off", "ship it")
+    await stepflow.get_result(run.workflow_id)
+    return run.workflow_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "tools-dag": tools_dag,
     "agent-scripted": agent_scripted,
@@ -248,6 +265,7 @@ SCENARIOS: dict[str, Scenario] = {
     "run-control": run_control,
     "example-research-report": _example("examples/research_report.yaml"),
     "example-code-task": _example("examples/code_task.yaml"),
+    "example-release-notes": release_notes,
     "continue-as-new": continue_as_new,
 }
 
@@ -275,6 +293,10 @@ def _children(runs: list[WorkflowHistory]) -> list[str]:
     ]
 
 
+def _recorded(name: str) -> bool:
+    return (HISTORIES / f"{name}.json").exists()
+
+
 async def _save(client: Client, name: str, workflow_id: str) -> list[Path]:
     written = []
     runs = await _runs(client, workflow_id)
@@ -290,7 +312,13 @@ async def _save(client: Client, name: str, workflow_id: str) -> list[Path]:
     return written
 
 
-async def main(names: list[str]) -> None:
+async def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
+    parser.add_argument("--tag", help="record as NAME@TAG (scenarios already committed)")
+    args = parser.parse_args(argv)
+    if unknown := [name for name in args.scenarios if name not in SCENARIOS]:
+        parser.error(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)}")
     HISTORIES.mkdir(parents=True, exist_ok=True)
     workspace = tempfile.mkdtemp(prefix="stepflow-record-")
     os.environ.update(
@@ -301,15 +329,23 @@ async def main(names: list[str]) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
         os.environ.pop(name, None)
     settings = Settings()
-    names = names or list(SCENARIOS)
+    wanted = {
+        name: f"{name}@{args.tag}" if args.tag else name for name in args.scenarios or SCENARIOS
+    }
+    for name, saved_as in list(wanted.items()):
+        if _recorded(saved_as):
+            print(f"kept tests/histories/{saved_as}.json: committed histories are never replaced")
+            del wanted[name]
+    names = list(wanted)
     usual = [name for name in names if name not in LOW_LIMIT]
     low = [name for name in names if name in LOW_LIMIT]
     for start, chosen in ((start_ephemeral_environment, usual), (_low_limit_environment, low)):
         if chosen:
-            await _record(await start(), settings, chosen)
+            await _record(await start(), settings, {name: wanted[name] for name in chosen})
 
 
-async def _record(env: WorkflowEnvironment, settings: Settings, names: list[str]) -> None:
+async def _record(env: WorkflowEnvironment, settings: Settings, names: dict[str, str]) -> None:
+    """Run each scenario (name -> the name its files are saved as) and save its histories."""
     try:
         stepflow = StepflowClient(env.client, settings=settings)
         tools = load_tool_modules(settings.tool_modules)
@@ -322,7 +358,7 @@ async def _record(env: WorkflowEnvironment, settings: Settings, names: list[str]
                     if name.startswith(("example-", "agent-offline", "run-control")):
                         del os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
                     workflow_id = await scenario(stepflow, server)
-                for path in await _save(env.client, name, workflow_id):
+                for path in await _save(env.client, names[name], workflow_id):
                     print(f"wrote {path.relative_to(ROOT)}")
     finally:
         await env.shutdown()
