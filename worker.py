@@ -34,6 +34,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import progress
+from activities.misrouted import refuse_model_calls
 from activities.model_call import model_call
 from activities.model_endpoint import ModelNotConfigured, resolve_endpoint
 from activities.registry import ToolDefinition, load_tool_modules
@@ -42,8 +43,14 @@ from runtime import exit_now
 from runtime.connection import ConnectionFailed, connect
 from runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
 from runtime.logging import configure_logging
-from runtime.payload_storage import describe_store
-from runtime.routing import QueueService, RoutingError, explain_settings_error, served_queues
+from runtime.payload_storage import describe_store, payload_dir
+from runtime.routing import (
+    MODELS,
+    QueueService,
+    RoutingError,
+    explain_settings_error,
+    served_queues,
+)
 from runtime.settings import Settings
 from workflows.agent import AgentStepWorkflow
 from workflows.pipeline import PipelineWorkflow
@@ -71,7 +78,7 @@ def build_worker(
     if tools is None:
         tools = load_tool_modules(settings.tool_modules)
     queue = QueueService.main(task_queue or settings.task_queue, [t.name for t in tools])
-    return _queue_worker(client, settings, queue, tools)
+    return _queue_worker(client, settings, queue, tools, serves_models=False)
 
 
 def build_workers(
@@ -85,15 +92,25 @@ def build_workers(
     if tools is None:
         tools = load_tool_modules(settings.tool_modules)
     queues = served_queues(settings, [t.name for t in tools])
-    return [_queue_worker(client, settings, queue, tools) for queue in queues]
+    models = any(queue.role == MODELS for queue in queues)
+    return [_queue_worker(client, settings, q, tools, serves_models=models) for q in queues]
 
 
 def _queue_worker(
-    client: Client, settings: Settings, queue: QueueService, tools: list[ToolDefinition]
+    client: Client,
+    settings: Settings,
+    queue: QueueService,
+    tools: list[ToolDefinition],
+    *,
+    serves_models: bool,
 ) -> Worker:
+    """The worker of one queue; `serves_models`: this process also serves the model queue."""
     progress.install(client)  # retried activities report through it, sync tools too
     served = [t for t in tools if t.name in queue.tools]
     activities: list[Any] = [model_call] if queue.model_calls else []
+    if queue.workflows and settings.model_task_queue and not serves_models:
+        # Model calls belong on their queue; one that lands here was started without routing.
+        activities = [refuse_model_calls(settings.model_task_queue)]
     activities += tool_activities(served)
     return Worker(
         client,
@@ -139,7 +156,8 @@ async def serve(settings: Settings) -> None:
     tools = load_tool_modules(settings.tool_modules)
     queues = served_queues(settings, [t.name for t in tools])  # bad settings: before connecting
     client = await connect(settings=settings)
-    workers = [_queue_worker(client, settings, queue, tools) for queue in queues]
+    models = any(queue.role == MODELS for queue in queues)
+    workers = [_queue_worker(client, settings, q, tools, serves_models=models) for q in queues]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,6 +174,15 @@ async def serve(settings: Settings) -> None:
             default_model=_describe_default_model(settings),
             payload_store=describe_store(settings),
         )
+        if settings.payload_store == "local" and (
+            settings.model_task_queue or settings.tool_task_queues
+        ):
+            # Routed queues usually mean several machines, which a local directory does not span.
+            log.warning(
+                "large payloads go to a local directory; workers on other machines cannot read "
+                "them: use STEPFLOW_PAYLOAD_STORE=s3 or a directory every worker mounts",
+                payload_dir=str(payload_dir(settings)),
+            )
         await stop.wait()
         log.info("stepflow worker stopping: running activities get up to 10 s to finish")
     log.info("stepflow worker stopped")

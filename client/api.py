@@ -184,7 +184,12 @@ class StepflowClient:
         async def start(attributes: TypedSearchAttributes | None) -> WorkflowHandle[Any, Any]:
             return await self.temporal.start_workflow(
                 PipelineWorkflow.run,
-                PipelineInput(spec=spec, inputs=resolved, routing=routing),
+                PipelineInput(
+                    spec=spec,
+                    inputs=resolved,
+                    routing=routing,
+                    payload_store=self.settings.payload_store != "off",
+                ),
                 id=workflow_id,
                 task_queue=task_queue or self.settings.task_queue,
                 memo={"pipeline": spec.name, "description": spec.description or ""},

@@ -134,7 +134,12 @@ class PipelineSchedules:
         def schedule(attributes: TypedSearchAttributes) -> Schedule:
             action = ScheduleActionStartWorkflow(
                 PipelineWorkflow.run,
-                PipelineInput(spec=spec, inputs=resolved, routing=routing),
+                PipelineInput(
+                    spec=spec,
+                    inputs=resolved,
+                    routing=routing,
+                    payload_store=self.stepflow.settings.payload_store != "off",
+                ),
                 id=schedule_id,
                 task_queue=task_queue or self.stepflow.settings.task_queue,
                 memo=memo,

@@ -110,16 +110,28 @@ def stepflow_data_converter(settings: Settings) -> DataConverter:
             payload_size_threshold=INLINE_LIMIT + 1,
         )
     else:
-        driver = local
-        if settings.payload_store == "s3":
-            driver = _GuardedDriver(
+        # Runs in flight hold references into whichever store kept them: a reader
+        # knows every store it can reach, so switching stores never strands a run.
+        readers: list[StorageDriver] = [local]
+        writer: StorageDriver = local
+        if settings.payload_store == "s3" or settings.payload_s3_bucket:
+            s3 = _GuardedDriver(
                 _s3_driver(settings),
                 describe_store(settings),
                 "the bucket must exist, and the worker's AWS credentials allow s3:PutObject, "
                 "s3:GetObject and s3:ListBucket on it",
             )
+            readers.append(s3)
+            if settings.payload_store == "s3":
+                writer = s3
+
+        def write_to(_context: StorageDriverSelectContext, _payload: Payload) -> StorageDriver:
+            return writer
+
         storage = ExternalStorage(
-            drivers=[driver], payload_size_threshold=settings.payload_threshold_bytes
+            drivers=readers,
+            driver_selector=write_to,
+            payload_size_threshold=settings.payload_threshold_bytes,
         )
     return dataclasses.replace(pydantic_data_converter, external_storage=storage)
 

@@ -200,6 +200,40 @@ async def test_a_pipeline_far_past_the_limit_continues_as_new_invisibly(
     assert next(r for r in listed if r.workflow_id == run.workflow_id).status == "SUCCEEDED"
 
 
+@pytest.mark.parametrize("store", ["local", "off"])
+async def test_a_state_over_2_mb_is_handed_over_only_with_the_payload_store(
+    worker: None,
+    stepflow: StepflowClient,
+    temporal_client: Client,
+    journal: str,
+    store: str,
+) -> None:
+    """A 2.5 MB output makes the next run's input too big for Temporal, unless stored outside.
+
+    With the store on, the client says so in the input and the run continues as new as
+    usual. Without it, the run does not hand over (that task would fail for ever): it goes
+    on in one history and still completes.
+    """
+    size = 2_500_000
+    spec = pipeline(
+        step("big", "big_text", args={"journal": journal, "size": size}),
+        *chain(30, journal),  # some 180 events: past SUGGEST_AT
+        step("size", "measure", args={"text": "{{ steps.big.output }}"}, depends_on=["big"]),
+    )
+    stepflow.settings = stepflow.settings.model_copy(update={"payload_store": store})
+    run = await stepflow.start_pipeline(spec)
+    result = await stepflow.get_result(run.workflow_id)
+
+    assert result.status is PipelineStatus.SUCCEEDED, result.error
+    assert result.output("size")["length"] == size
+    runs = await run_chain(temporal_client, run.workflow_id)
+    if store == "local":
+        assert len(runs) >= 2, runs
+    else:
+        assert runs == [run.run_id]
+    assert set(starts_by_step(journal).values()) == {1}
+
+
 async def test_waiting_steps_and_a_pause_are_carried_into_the_next_run(
     worker: None, stepflow: StepflowClient, temporal_client: Client, journal: str, tmp_path: Path
 ) -> None:

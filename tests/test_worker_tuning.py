@@ -262,6 +262,33 @@ async def test_concurrency_and_the_rate_limit_reach_the_workers(
     assert names[heavy] == {"tool_record"}
     # The main queue keeps every activity: runs started before the routing still find theirs.
     assert {"model_call", "tool_record", "tool_record_sync"} <= names[main]
+    # A process that serves the model queue too answers model calls that land on the main one;
+    # one that does not refuses them (next test), rather than answer without the rate limit.
+    # (Another queue: one process may build only one worker per queue.)
+    main_only = tuned.model_copy(update={"worker_serve": ["workflows"], "task_queue": f"{main}-b"})
+    [refusing] = build_workers(temporal_client, main_only)
+    [model_call] = [
+        a
+        for a in refusing.config().get("activities", [])
+        if activity._Definition.must_from_callable(a).name == "model_call"
+    ]
+    assert model_call.__name__ == "misrouted_model_call"
+
+
+async def test_a_model_call_of_a_run_started_without_routing_fails_clearly(
+    temporal_client: Client, routed: Settings, model_server: ScriptedModelServer
+) -> None:
+    main_only = routed.model_copy(update={"worker_serve": ["workflows"]})
+    unrouted = routed.model_copy(update={"model_task_queue": None, "tool_task_queues": {}})
+    async with running(build_workers(temporal_client, main_only)):
+        result = await StepflowClient(temporal_client, settings=unrouted).run_pipeline(
+            pipeline(agent("ask", "Say hi."))
+        )
+    record = result.step("ask")
+    assert record.status is StepStatus.FAILED
+    assert record.error_type == "ModelCallMisrouted"
+    assert f"model calls run on '{routed.model_task_queue}'" in (record.error or "")
+    assert not model_server.requests  # never answered: not by the provider, not offline
 
 
 @pytest.mark.parametrize(

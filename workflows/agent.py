@@ -56,6 +56,9 @@ PROGRESS_PATCH = "report-progress-to-pipeline"
 CONTINUE_AS_NEW_PATCH = "agent-continue-as-new-when-suggested"
 """Loops that went past the server's suggestion before this code replay without continuing."""
 
+BOUNDED_TOOL_CALLS_PATCH = "bounded-parallel-tool-calls"
+"""Replies of more tool calls than the bound, recorded before it, replay scheduling all at once."""
+
 MAX_PARALLEL_TOOL_CALLS = 500
 """Tool calls of one reply running at once: Temporal allows 2,000 pending activities a workflow."""
 
@@ -160,10 +163,16 @@ class AgentStepWorkflow:
         workflow.logger.info(
             "continuing as new before model call %d: run %d of the chain", number, carried.runs + 1
         )
-        # The conversation holds the history, context and input: they are not sent twice.
+        # The conversation holds the instructions, history, context and input: not sent twice.
         workflow.continue_as_new(
             input.model_copy(
-                update={"history": [], "context": {}, "input": None, "carried": carried}
+                update={
+                    "instructions": "",
+                    "history": [],
+                    "context": {},
+                    "input": None,
+                    "carried": carried,
+                }
             )
         )
 
@@ -260,7 +269,10 @@ class AgentStepWorkflow:
         """Run the valid calls; every call, run or not, gets a result message, in order."""
         numbered = list(enumerate(calls, start=1))
         if input.step.tool_calls == "parallel":
-            room = asyncio.Semaphore(MAX_PARALLEL_TOOL_CALLS)
+            room = None
+            # Past the bound the calls take turns; replies within it schedule as they always did.
+            if len(calls) > MAX_PARALLEL_TOOL_CALLS and workflow.patched(BOUNDED_TOOL_CALLS_PATCH):
+                room = asyncio.Semaphore(MAX_PARALLEL_TOOL_CALLS)
             return list(
                 await asyncio.gather(
                     *(self._run_tool(input, number, i, c, room) for i, c in numbered)

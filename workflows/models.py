@@ -460,6 +460,11 @@ class PipelineInput(BaseModel):
     carried: PipelineCarry | None = Field(
         default=None, description="Set by the run before, when this run continues its work."
     )
+    payload_store: bool = Field(
+        default=False,
+        description="The client's workers keep large payloads outside history (set by the "
+        "client from STEPFLOW_PAYLOAD_STORE): a run may then hand over more than 2 MB.",
+    )
 
 
 class PipelineResult(BaseModel):

@@ -100,12 +100,13 @@ CANCEL_CHAIN_PATCH = "cancel-agent-step-chain"
 """Runs that cancelled an agent step before this code replay without the second request."""
 
 MAX_CARRIED_BYTES = 2_000_000
-"""The largest next-run input (spec, inputs, records) a run hands over: below Temporal's 2 MB.
+"""The largest next-run input (spec, inputs, records) a run hands over without a payload store.
 
-A run whose state has outgrown it does not continue as new: it runs on in one
-history (the suggestion comes early; Temporal's hard limit is 51,200 events or
-50 MB) and says so in the worker log. The workflow cannot see whether the
-worker's payload store would have kept a larger input outside history.
+Below Temporal's 2 MB. A run whose state has outgrown it does not continue as
+new: it runs on in one history (the suggestion comes early; Temporal's hard
+limit is 51,200 events or 50 MB) and says so in the worker log. Runs started by
+a client with the payload store on (`PipelineInput.payload_store`) have no such
+limit: the store keeps a large input outside history.
 """
 
 
@@ -419,15 +420,22 @@ class PipelineWorkflow:
         )
 
     def _resume_waiting(self, spec: PipelineSpec, inputs: dict[str, Any]) -> None:
-        """A continued run: the approval and input steps the run before left waiting wait on."""
+        """A continued run: the approval and input steps the run before left waiting wait on.
+
+        One whose cancel request reached the run before too late to take effect there
+        is cancelled here, as a step that never started would be.
+        """
         for s in spec.steps:
-            if _is_human(s) and self._records[s.id].status in (
+            if not _is_human(s) or self._records[s.id].status not in (
                 StepStatus.WAITING,
                 StepStatus.RUNNING,
             ):
-                self._running[s.id] = asyncio.create_task(
-                    self._run_step(spec, s, inputs, resume=True)
-                )
+                continue
+            if s.id in self._cancel_requests:
+                self._records[s.id].waiting_for = None
+                self._cancel_pending(s.id, self._cancel_requests[s.id])
+                continue
+            self._running[s.id] = asyncio.create_task(self._run_step(spec, s, inputs, resume=True))
 
     async def _continue_as_new(self, input: PipelineInput) -> None:
         """Hand the state over to a new run of the chain; returns only to take one more task.
@@ -444,7 +452,7 @@ class PipelineWorkflow:
             carried = self._carry()
             next_input = input.model_copy(update={"carried": carried})
             size = len(next_input.model_dump_json().encode())
-            if size <= MAX_CARRIED_BYTES:
+            if size <= MAX_CARRIED_BYTES or input.payload_store:
                 workflow.logger.info(
                     "continuing as new after %d events: run %d of the chain",
                     info.get_current_history_length(),
@@ -880,15 +888,18 @@ class PipelineWorkflow:
     def _do_cancel_step(self, request: StepRequest) -> None:
         step_id = request.step
         self._cancel_requests[step_id] = request.comment
-        record = self._records[step_id]
         if step_id in self._running:
             self._cancel_running(step_id)  # _run_step records it and applies on_failure
             return
-        # Not started yet: it never will. on_failure decides what its dependents do.
+        self._cancel_pending(step_id, request.comment)
+
+    def _cancel_pending(self, step_id: str, comment: str | None) -> None:
+        """Not started yet: it never will. on_failure decides what its dependents do."""
+        record = self._records[step_id]
         record.status = StepStatus.CANCELLED
-        record.error = _cancel_message(request.comment)
+        record.error = _cancel_message(comment)
         record.error_type = CANCELLED_BY_REQUEST
-        record.comment = request.comment
+        record.comment = comment
         record.ended_at = workflow.now()
         self._apply_on_failure(self._spec_steps[step_id], record)
         self._settle(step_id)
