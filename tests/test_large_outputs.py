@@ -12,7 +12,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import pytest
+from moto.server import ThreadedMotoServer
 from temporalio.api.common.v1 import Payload
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowHistory
@@ -240,10 +242,8 @@ async def test_with_the_store_off_an_agent_steps_tool_fails_at_once_and_the_mode
 async def test_the_s3_store_keeps_a_large_output(
     store_worker: StoreWorker, monkeypatch: pytest.MonkeyPatch, journal: str
 ) -> None:
-    """Against moto's S3 server: runs where `aioboto3` and `moto[server]` are installed."""
-    aioboto3 = pytest.importorskip("aioboto3", reason="the s3 extra is not installed")
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    """Through the SDK's S3 driver, against moto's S3 server on 127.0.0.1."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
@@ -281,6 +281,18 @@ async def test_the_s3_store_keeps_a_large_output(
         missing.error or ""
     )
     assert "NoSuchBucket" in (missing.error or "")
+
+
+async def test_switching_to_s3_still_reads_what_the_local_store_kept(tmp_path: Path) -> None:
+    """Runs in flight hold references into the store that kept their values."""
+    local = stepflow_data_converter(Settings(payload_store="local", payload_dir=tmp_path))
+    s3 = stepflow_data_converter(
+        Settings(payload_store="s3", payload_s3_bucket="any", payload_dir=tmp_path)
+    )
+    value = big_value(300_000)
+    [reference] = await local.encode([value])
+    assert reference.ByteSize() < 1_000  # stored, not inline
+    assert await s3.decode([reference]) == [value]
 
 
 async def test_the_local_store_follows_no_path_from_a_reference_and_checks_what_it_reads(
