@@ -6,12 +6,13 @@ import json
 from datetime import timedelta
 
 import httpx
+import pydantic
 import pytest
 
 from activities.model_call import _retry_after
 from activities.model_endpoint import ModelNotConfigured, resolve_endpoint
 from client.api import StepflowClient
-from runtime.settings import Settings
+from runtime.settings import Settings, get_settings
 from tests.support.helpers import agent, pipeline
 from tests.support.model_server import ScriptedModelServer, text
 from workflows.models import StepStatus
@@ -103,3 +104,17 @@ def test_the_default_model_and_the_offline_fallback(monkeypatch: pytest.MonkeyPa
 )
 def test_retry_after_headers(headers: dict[str, str], expected: timedelta | None) -> None:
     assert _retry_after(httpx.Headers(headers)) == expected
+
+
+def test_settings_are_parsed_again_only_when_the_environment_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every tool call asks for the settings; parsing each time cost 0.5 ms a call."""
+    monkeypatch.setenv("STEPFLOW_LOG_CONTENT", "0")
+    first = get_settings()
+    assert get_settings() is first
+    monkeypatch.setenv("STEPFLOW_LOG_CONTENT", "1")
+    changed = get_settings()
+    assert changed is not first and changed.log_content
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        changed.log_content = False  # type: ignore[misc]  # shared by every caller: frozen
