@@ -64,13 +64,29 @@ def tuned_flags() -> list[str]:
     return flags
 
 
-async def start_ephemeral_environment(settings: Settings | None = None) -> WorkflowEnvironment:
+def continue_as_new_early(events: int) -> list[str]:
+    """Flags for a dev server that suggests continuing as new after `events` (default 4,096).
+
+    Also without the 1 s wait the server puts between a short run and its successor.
+    """
+    return [
+        "--dynamic-config-value",
+        f"limit.historyCount.suggestContinueAsNew={events}",
+        "--dynamic-config-value",
+        'history.workflowIdReuseMinimalInterval="0s"',
+    ]
+
+
+async def start_ephemeral_environment(
+    settings: Settings | None = None, extra_flags: list[str] | None = None
+) -> WorkflowEnvironment:
     """A throwaway in-memory dev server on free ports, tuned, with Stepflow's data converter.
 
     What the tests, the benchmarks and the history recorder run against. The
     client's payload store comes from `settings` (default: the environment's),
     except that without a STEPFLOW_PAYLOAD_DIR the payloads of this throwaway
     server go to a throwaway directory (made on first use), not to `.stepflow/`.
+    `extra_flags` go to `temporal server start-dev` after the tuned ones.
     """
     if settings is None:
         settings = get_settings()
@@ -80,7 +96,7 @@ async def start_ephemeral_environment(settings: Settings | None = None) -> Workf
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         data_converter=stepflow_data_converter(settings),
-        dev_server_extra_args=tuned_flags(),
+        dev_server_extra_args=[*tuned_flags(), *(extra_flags or [])],
     )
 
 

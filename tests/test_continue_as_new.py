@@ -20,9 +20,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from client.api import StepflowClient
-from runtime.devserver import temporal_binary, tuned_flags
-from runtime.payload_storage import stepflow_data_converter
-from runtime.settings import get_settings
+from runtime.devserver import continue_as_new_early, start_ephemeral_environment
 from tests.support.control_tools import (
     Gate,
     approval,
@@ -48,18 +46,7 @@ SUGGEST_AT = 100
 @pytest.fixture(scope="module")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """Overrides the session's server for this module: one that suggests continuing early."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=stepflow_data_converter(get_settings()),
-        dev_server_extra_args=[
-            *tuned_flags(),
-            "--dynamic-config-value",
-            f"limit.historyCount.suggestContinueAsNew={SUGGEST_AT}",
-            # Runs shorter than this (1 s by default) start their successor that much later.
-            "--dynamic-config-value",
-            'history.workflowIdReuseMinimalInterval="0s"',
-        ],
-    )
+    env = await start_ephemeral_environment(extra_flags=continue_as_new_early(SUGGEST_AT))
     try:
         yield env
     finally:

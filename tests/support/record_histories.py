@@ -36,8 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.registry import load_tool_modules
 from client.api import StepflowClient
 from client.loading import load_spec_file
-from runtime.devserver import start_ephemeral_environment, temporal_binary, tuned_flags
-from runtime.payload_storage import stepflow_data_converter
+from runtime.devserver import continue_as_new_early, start_ephemeral_environment
 from runtime.settings import Settings
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer, text, tool_calls
@@ -226,17 +225,7 @@ LOW_LIMIT = {"continue-as-new"}
 
 
 async def _low_limit_environment() -> WorkflowEnvironment:
-    return await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=stepflow_data_converter(Settings()),
-        dev_server_extra_args=[
-            *tuned_flags(),
-            "--dynamic-config-value",
-            f"limit.historyCount.suggestContinueAsNew={CONTINUE_AS_NEW_AT}",
-            "--dynamic-config-value",
-            'history.workflowIdReuseMinimalInterval="0s"',  # no 1 s pause between short runs
-        ],
-    )
+    return await start_ephemeral_environment(extra_flags=continue_as_new_early(CONTINUE_AS_NEW_AT))
 
 
 def _example(path: str) -> Scenario:
