@@ -47,7 +47,10 @@ def resolve_endpoint(name: str | None, settings: Settings) -> ModelEndpoint:
     if name == OFFLINE_MODEL:
         return OFFLINE_ENDPOINT
     configured = settings.models.get(name)
-    base_url = (configured.base_url if configured else None) or os.environ.get("OPENAI_BASE_URL")
+    # An empty variable (`OPENAI_BASE_URL=` in an env file) means unset, as for the key.
+    base_url = (
+        (configured.base_url if configured else None) or os.environ.get("OPENAI_BASE_URL") or None
+    )
     key_env = configured.api_key_env if configured else "OPENAI_API_KEY"
     api_key = os.environ.get(key_env) or None
     if base_url is None and api_key is None:

@@ -72,6 +72,9 @@ async def test_model_offline_is_offline_even_when_an_api_is_configured(
 
 def test_the_default_model_and_the_offline_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_endpoint(None, Settings()).offline  # nothing configured
+    monkeypatch.setenv("OPENAI_BASE_URL", "")  # as an env file's `OPENAI_BASE_URL=` leaves it
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    assert resolve_endpoint(None, Settings()).offline  # empty is unset
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     endpoint = resolve_endpoint(None, Settings(default_model="gpt-test"))
     assert (endpoint.name, endpoint.provider_model, endpoint.offline) == (
