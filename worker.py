@@ -42,6 +42,7 @@ from activities.tool_activities import tool_activities
 from runtime import exit_now
 from runtime.connection import ConnectionFailed, connect
 from runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
+from runtime.encryption import describe_encryption
 from runtime.logging import configure_logging
 from runtime.payload_storage import describe_store, payload_dir
 from runtime.routing import (
@@ -52,6 +53,13 @@ from runtime.routing import (
     served_queues,
 )
 from runtime.settings import Settings
+from runtime.telemetry import (
+    TelemetryError,
+    configure_tracing,
+    describe,
+    metrics_runtime,
+    shutdown_tracing,
+)
 from workflows.agent import AgentStepWorkflow
 from workflows.pipeline import PipelineWorkflow
 
@@ -155,7 +163,9 @@ def _describe_default_model(settings: Settings) -> str:
 async def serve(settings: Settings) -> None:
     tools = load_tool_modules(settings.tool_modules)
     queues = served_queues(settings, [t.name for t in tools])  # bad settings: before connecting
-    client = await connect(settings=settings)
+    runtime = metrics_runtime(settings)  # a taken port stops the worker here, not later
+    configure_tracing(settings, worker=True)
+    client = await connect(settings=settings, runtime=runtime)
     models = any(queue.role == MODELS for queue in queues)
     workers = [_queue_worker(client, settings, q, tools, serves_models=models) for q in queues]
     stop = asyncio.Event()
@@ -173,6 +183,8 @@ async def serve(settings: Settings) -> None:
             tools=[t.name for t in tools],
             default_model=_describe_default_model(settings),
             payload_store=describe_store(settings),
+            encryption=describe_encryption(settings),
+            **describe(settings),
         )
         if settings.payload_store == "local" and (
             settings.model_task_queue or settings.tool_task_queues
@@ -228,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dev and ensure_dev_server(settings):
             log.info("started the Temporal dev server", ui=settings.ui_url)
         asyncio.run(serve(settings))
-    except (ConnectionFailed, DevServerError, ImportError, RoutingError) as err:
+    except (ConnectionFailed, DevServerError, ImportError, RoutingError, TelemetryError) as err:
         log.error(str(err))
         return 2
+    finally:
+        shutdown_tracing(settings)  # export the spans still queued
     return 0
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import telemetry
 from activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
 from activities.offline_model import offline_completion
 from activities.output_schema import (
@@ -359,6 +360,7 @@ async def model_call(call: ModelCallInput) -> ModelCallOutput:
     )
     with bound:
         started = time.monotonic()
+        telemetry.model_call_started(call.step_id, call.call_number, endpoint.name)
         messages = _request_messages(call.messages, schema)
         try:
             message, usage = await _with_heartbeats(
@@ -371,7 +373,9 @@ async def model_call(call: ModelCallInput) -> ModelCallOutput:
                 error_type=failure.type,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
+            telemetry.model_call_ended(endpoint.name, started, error_type=failure.type)
             raise failure from None
+        telemetry.model_call_ended(endpoint.name, started, usage)
         output = ModelCallOutput(message=message, usage=usage, model=endpoint.name)
         output.attempt = info.attempt
         output.tool_calls = [

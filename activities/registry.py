@@ -14,11 +14,14 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from workflows.templates import is_templated
+
+if TYPE_CHECKING:
+    from runtime.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +29,7 @@ TOOL_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 
 class ToolRegistrationError(ValueError):
-    """A function that cannot be a tool (bad name, duplicate name, *args)."""
+    """A function that cannot be a tool (bad name, duplicate name, *args, a bad limit)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,18 @@ class ToolDefinition:
     fn: Callable[..., Any]
     args_model: type[BaseModel]
     is_async: bool
+    max_request_bytes: int | None = None
+    """Largest arguments, as JSON, a call may carry; None: STEPFLOW_TOOL_MAX_REQUEST_BYTES."""
+    max_output_bytes: int | None = None
+    """Largest result, as JSON, a call may return; None: STEPFLOW_TOOL_MAX_OUTPUT_BYTES."""
+
+    def request_limit(self, settings: Settings) -> int:
+        """The largest arguments (bytes of JSON) this tool accepts."""
+        return self.max_request_bytes or settings.tool_max_request_bytes
+
+    def output_limit(self, settings: Settings) -> int:
+        """The largest result (bytes of JSON) this tool may return."""
+        return self.max_output_bytes or settings.tool_max_output_bytes
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of the arguments (what a model is shown, too)."""
@@ -92,17 +107,49 @@ def _args_model(name: str, fn: Callable[..., Any]) -> type[BaseModel]:
 @overload
 def tool(fn: F, /) -> F: ...
 @overload
-def tool(*, name: str | None = None, description: str | None = None) -> Callable[[F], F]: ...
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    max_request_bytes: int | None = None,
+    max_output_bytes: int | None = None,
+) -> Callable[[F], F]: ...
 
 
 def tool(
-    fn: F | None = None, /, *, name: str | None = None, description: str | None = None
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    max_request_bytes: int | None = None,
+    max_output_bytes: int | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a tool. Use as `@tool` or `@tool(name=..., description=...)`.
 
     The function stays callable as before. Sync functions run in the worker's
     thread pool, async ones on its event loop.
+
+    Args:
+        name: The tool's name (default: the function's); its activity is `tool_<name>`.
+        description: What a model is told the tool does (default: the docstring).
+        max_request_bytes: The largest arguments, measured as JSON, a call may carry;
+            a larger call fails at once (`ToolRequestTooLarge`) without running the
+            tool. Default: STEPFLOW_TOOL_MAX_REQUEST_BYTES.
+        max_output_bytes: The largest result, measured as JSON, a call may return; a
+            larger one fails the call (`ToolOutputTooLarge`, not retried). Default:
+            STEPFLOW_TOOL_MAX_OUTPUT_BYTES.
     """
+    for label, limit in (
+        ("max_request_bytes", max_request_bytes),
+        ("max_output_bytes", max_output_bytes),
+    ):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ToolRegistrationError(
+                f"{label} must be a positive number of bytes, not {limit!r}"
+            )
 
     def register(func: F) -> F:
         tool_name = name or func.__name__
@@ -128,6 +175,8 @@ def tool(
             fn=func,
             args_model=_args_model(tool_name, func),
             is_async=inspect.iscoroutinefunction(func),
+            max_request_bytes=max_request_bytes,
+            max_output_bytes=max_output_bytes,
         )
         return func
 

@@ -1,9 +1,10 @@
 """One Temporal activity type per registered tool (`tool_<name>`).
 
-The wrapper validates the arguments against the tool's schema, gives the tool
-its `ToolContext`, and turns what it raises into an `ApplicationError` whose
-type is the exception's class name (what `retry.non_retryable_errors` matches)
-and whose details carry the attempt number for the step's record.
+The wrapper checks the size of the arguments and validates them against the
+tool's schema, gives the tool its `ToolContext`, checks the size of the result,
+and turns what the tool raises into an `ApplicationError` whose type is the
+exception's class name (what `retry.non_retryable_errors` matches) and whose
+details carry the attempt number for the step's record.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import telemetry
 from activities.context import ToolContext, ToolError, _enter, _exit
 from activities.progress import report_retry
 from activities.registry import ToolDefinition
@@ -28,6 +30,39 @@ log = structlog.get_logger("stepflow.tool")
 
 INVALID_ARGUMENTS = "ToolArgumentsInvalid"
 INVALID_OUTPUT = "ToolOutputNotSerializable"
+
+
+class ToolRequestTooLarge(ToolError):
+    """Arguments larger, as JSON, than the tool accepts; the tool does not run."""
+
+    def __init__(self, tool: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"the arguments of tool {tool!r} are {size:,} bytes as JSON, over its limit of "
+            f"{limit:,} (max_request_bytes of its @tool, else STEPFLOW_TOOL_MAX_REQUEST_BYTES)",
+            non_retryable=True,
+        )
+        self.size = size
+        self.limit = limit
+
+
+class ToolOutputTooLarge(ToolError):
+    """A result larger, as JSON, than the tool may return. Not retried: it would be again."""
+
+    def __init__(self, tool: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"the result of tool {tool!r} is {size:,} bytes as JSON, over its limit of "
+            f"{limit:,} (max_output_bytes of its @tool, else STEPFLOW_TOOL_MAX_OUTPUT_BYTES): "
+            "return less, e.g. write it to a file and return the path",
+            non_retryable=True,
+        )
+        self.size = size
+        self.limit = limit
+
+
+def _refuse(err: ToolError) -> ApplicationError:
+    return ApplicationError(
+        str(err), {"attempt": activity.info().attempt}, type=type(err).__name__, non_retryable=True
+    )
 
 
 def _start(defn: ToolDefinition, call: ToolCallInput) -> tuple[dict[str, Any], Any]:
@@ -41,6 +76,12 @@ def _start(defn: ToolDefinition, call: ToolCallInput) -> tuple[dict[str, Any], A
         attempt=info.attempt,
     )
     report_retry(call.step_id, call.report_to)
+    telemetry.tool_call_started(call.step_id, defn.name, info.attempt)
+    limit = defn.request_limit(get_settings())
+    size = _size_over(call.args, limit)
+    if size is not None:  # before validation: a huge request never reaches pydantic or the tool
+        log.warning("tool call refused: arguments too large", bytes=size, limit=limit)
+        raise _refuse(ToolRequestTooLarge(defn.name, size, limit))
     try:
         kwargs = defn.validate_args(call.args)
     except ValidationError as err:
@@ -67,6 +108,14 @@ def _start(defn: ToolDefinition, call: ToolCallInput) -> tuple[dict[str, Any], A
     return kwargs, token
 
 
+def _size_over(value: Any, limit: int) -> int | None:
+    """The bytes of `value` as compact JSON if more than `limit`, else None."""
+    if isinstance(value, str) and len(value) * 6 + 2 <= limit:  # \uXXXX is the widest escape
+        return None  # surely fits: no need to encode the common big value
+    size = len(to_json(value))
+    return size if size > limit else None
+
+
 def _finish(defn: ToolDefinition, result: Any, started: float) -> ToolCallOutput:
     try:
         output = to_jsonable_python(result)
@@ -77,6 +126,14 @@ def _finish(defn: ToolDefinition, result: Any, started: float) -> ToolCallOutput
             type=INVALID_OUTPUT,
             non_retryable=True,
         ) from None
+    limit = defn.output_limit(get_settings())
+    size = _size_over(output, limit)
+    if size is not None:
+        error = _refuse(ToolOutputTooLarge(defn.name, size, limit))
+        telemetry.tool_call_ended(defn.name, started, error)
+        log.warning("tool call failed", error_type=error.type, bytes=size, limit=limit)
+        raise error
+    telemetry.tool_call_ended(defn.name, started)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     if get_settings().log_content:
         log.info("tool call succeeded", duration_ms=duration_ms, output=output)
@@ -87,6 +144,7 @@ def _finish(defn: ToolDefinition, result: Any, started: float) -> ToolCallOutput
 
 def _failure(defn: ToolDefinition, err: Exception, started: float) -> ApplicationError:
     attempt = activity.info().attempt
+    telemetry.tool_call_ended(defn.name, started, err)
     log.warning(
         "tool call failed",
         error_type=type(err).__name__,

@@ -17,6 +17,11 @@
     stepflow schedule list | pause ID | unpause ID | trigger ID | delete ID
     stepflow tools [--json]
     stepflow dev start | stop | status
+    stepflow codec-server [--port 8081] [--origin URL]   decrypt runs for the Web UI
+
+Every command that talks to Temporal connects per TEMPORAL_* settings and the
+TOML config file; `stepflow --profile NAME COMMAND` picks its profile (as
+TEMPORAL_PROFILE does).
 
 Exit codes: 0 succeeded, 1 the pipeline failed (or, for `watch`, was
 cancelled), 2 bad input or usage: an unknown id, a request the run refused
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -47,6 +53,7 @@ from client.cli_common import (
     out,
     parse_inputs,
 )
+from client.codec_command import add_codec_server_command
 from client.control_commands import add_control_commands
 from client.loading import check_spec, load_spec_file
 from client.render import print_result
@@ -54,6 +61,7 @@ from client.schedule_commands import add_schedule_commands
 from client.schedules import ScheduleError, ScheduleNotFound
 from runtime import devserver, exit_now
 from runtime.connection import ConnectionFailed
+from runtime.encryption import EncryptionError
 from runtime.logging import configure_logging
 from runtime.payload_storage import PayloadStoreError
 from runtime.routing import explain_settings_error
@@ -161,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Durable LLM-agent pipelines on Temporal.",
         epilog="Exit codes: 0 succeeded, 1 the pipeline failed, 2 bad input or usage.",
     )
+    parser.add_argument(
+        "--profile",
+        help="the Temporal connection profile of the TOML config file (TEMPORAL_CONFIG_FILE, "
+        "default ~/.config/temporalio/temporal.toml); default: TEMPORAL_PROFILE, else default",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a pipeline file without running it")
@@ -182,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_control_commands(sub)
     add_schedule_commands(sub)
+    add_codec_server_command(sub)
 
     p = sub.add_parser("tools", help="list the registered tools")
     p.add_argument("--json", action="store_true", help="with their argument schemas")
@@ -211,6 +225,7 @@ def _one_line_errors(
         ScheduleNotFound,
         ConnectionFailed,
         PayloadStoreError,
+        EncryptionError,
         devserver.DevServerError,
         ImportError,
     ) as error:
@@ -229,6 +244,8 @@ def _one_line_errors(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.profile:  # every connection reads it (runtime.connection), as the temporal CLI does
+        os.environ["TEMPORAL_PROFILE"] = args.profile
     return _one_line_errors(args.handler, args)
 
 

@@ -22,6 +22,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.converter import DataConverter, decode_search_attributes
 
+from runtime.encryption import readable_failure
 from workflows.control import STATUS_ATTRIBUTE, STEP_PROGRESS
 from workflows.durations import format_duration
 
@@ -141,6 +142,10 @@ class _Builder:
         except Exception:  # a payload this client cannot read is still an event worth a line
             return ["…"]
 
+    async def failure_text(self, failure: Failure) -> str:
+        """`failure_text` of the failure opened: encrypted messages are decrypted first."""
+        return failure_text(await readable_failure(self.converter, failure))
+
     async def summary(self, event: HistoryEvent) -> str | None:
         if not event.HasField("user_metadata") or not event.user_metadata.HasField("summary"):
             return None
@@ -190,7 +195,7 @@ class _Builder:
         if a.attempt > 1:  # earlier attempts leave no events: their last failure is here
             earlier = f"; attempt {a.attempt - 1} failed"
             if a.HasField("last_failure"):
-                earlier += f": {_compact(failure_text(a.last_failure), 70)}"
+                earlier += f": {_compact(await self.failure_text(a.last_failure), 70)}"
             subject = self.subjects.get(a.scheduled_event_id, "activity")
             self.add(event, subject, f"retrying: attempt {a.attempt} started{earlier}")
 
@@ -205,7 +210,7 @@ class _Builder:
         attempt = self.attempt(a.started_event_id).strip(" ()")
         notes = ", ".join(n for n in (attempt, _RETRY_STATE.get(a.retry_state)) if n)
         notes = f" ({notes})" if notes else ""
-        self.add(event, subject, f"{verb}{notes}: {_compact(failure_text(a.failure))}")
+        self.add(event, subject, f"{verb}{notes}: {_compact(await self.failure_text(a.failure))}")
 
     async def on_activity_task_timed_out(self, event: HistoryEvent, a: Any) -> None:
         await self.on_activity_task_failed(event, a, verb="timed out")
@@ -244,7 +249,7 @@ class _Builder:
         self, event: HistoryEvent, a: Any, what: str = "completed"
     ) -> None:
         if a.HasField("failure") if hasattr(a, "failure") else False:
-            what += f": {_compact(failure_text(a.failure))}"
+            what += f": {_compact(await self.failure_text(a.failure))}"
         self.add(event, self.subjects.get(a.initiated_event_id, "child"), what)
 
     async def on_child_workflow_execution_failed(self, event: HistoryEvent, a: Any) -> None:
@@ -274,7 +279,7 @@ class _Builder:
     async def on_workflow_execution_update_completed(self, event: HistoryEvent, a: Any) -> None:
         subject, shown = self.updates.get(a.accepted_event_id, ("update", ""))
         if a.outcome.HasField("failure"):
-            what = f"failed: {_compact(failure_text(a.outcome.failure))}"
+            what = f"failed: {_compact(await self.failure_text(a.outcome.failure))}"
         else:
             result = await self.decode(a.outcome.success)
             what = _compact(result[0]) if result else "done"
@@ -289,7 +294,7 @@ class _Builder:
                 self.add(event, f"search attribute {name}", f"= {_compact(value)}")
 
     async def on_workflow_task_failed(self, event: HistoryEvent, a: Any) -> None:
-        self.add(event, "workflow task", f"failed: {_compact(failure_text(a.failure))}")
+        self.add(event, "workflow task", f"failed: {_compact(await self.failure_text(a.failure))}")
 
     async def on_workflow_task_timed_out(self, event: HistoryEvent, a: Any) -> None:
         self.add(event, "workflow task", "timed out (a worker stopped answering?)")
@@ -308,7 +313,7 @@ class _Builder:
         await self.run_event(event, "completed")
 
     async def on_workflow_execution_failed(self, event: HistoryEvent, a: Any) -> None:
-        await self.run_event(event, f"failed: {_compact(failure_text(a.failure))}")
+        await self.run_event(event, f"failed: {_compact(await self.failure_text(a.failure))}")
 
     async def on_workflow_execution_canceled(self, event: HistoryEvent, a: Any) -> None:
         await self.run_event(event, "cancelled")

@@ -57,6 +57,32 @@ def configure_logging(settings: Settings) -> None:
             ],
         )
     )
+    if not settings.log_content:
+        handler.addFilter(_SdkContentFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+
+
+class _SdkContentFilter(logging.Filter):
+    """Keeps private content out of the Temporal SDK's own log records.
+
+    The SDK logs a failed activity or workflow with its exception, whose message
+    may quote a tool's arguments or a model's reply, and at debug level it logs
+    activity results and heartbeat details whole. Without STEPFLOW_LOG_CONTENT
+    those records keep what happened and lose what was said: the failure's
+    message and stack trace are in the run's history, for whoever may read it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("temporalio"):
+            return True
+        if record.name == "temporalio.worker._activity" and record.levelno < logging.INFO:
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            kind = getattr(error, "type", None) or type(error).__name__
+            record.msg = f"{record.msg} [{kind}; message not logged: STEPFLOW_LOG_CONTENT=1]"
+            record.exc_info = None
+            record.exc_text = None
+        return True

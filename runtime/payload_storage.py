@@ -33,6 +33,8 @@ from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClie
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
+    DefaultFailureConverter,
+    DefaultFailureConverterWithEncodedAttributes,
     ExternalStorage,
     StorageDriver,
     StorageDriverClaim,
@@ -42,6 +44,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
+from runtime.encryption import EncryptionCodec, load_keys
 from runtime.settings import Settings
 
 TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
@@ -84,10 +87,14 @@ def stepflow_data_converter(settings: Settings) -> DataConverter:
 
     Pydantic models as JSON; payloads of at least `payload_threshold_bytes` in
     the configured store; with the store off, a result over Temporal's limit
-    fails its activity at once.
+    fails its activity at once. With encryption keys configured, every payload
+    is encrypted (`runtime.encryption`), stored ones included, and failure
+    messages and stack traces move into an encrypted attribute.
 
     Raises:
         PayloadStoreError: `s3` without a bucket or without the `s3` extra installed.
+        EncryptionError: a key file that has become unreadable or bad since the settings
+            were read.
     """
     directory = payload_dir(settings)
     local = _GuardedDriver(
@@ -133,7 +140,16 @@ def stepflow_data_converter(settings: Settings) -> DataConverter:
             driver_selector=write_to,
             payload_size_threshold=settings.payload_threshold_bytes,
         )
-    return dataclasses.replace(pydantic_data_converter, external_storage=storage)
+    keys = load_keys(settings)
+    return dataclasses.replace(
+        pydantic_data_converter,
+        external_storage=storage,
+        # The SDK encodes a payload before the store keeps it: stored payloads are encrypted too.
+        payload_codec=EncryptionCodec(keys),
+        failure_converter_class=(
+            DefaultFailureConverterWithEncodedAttributes if keys else DefaultFailureConverter
+        ),
+    )
 
 
 class LocalPayloadDriver(StorageDriver):

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -50,7 +50,10 @@ class ModelSettings(BaseModel):
 class Settings(BaseSettings):
     """Every field reads the environment variable `STEPFLOW_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore", frozen=True)
+    # hide_input_in_errors: an invalid key must not be printed with the error about it.
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     task_queue: str = Field(default="stepflow", description="Task queue the worker serves.")
     tool_modules: CommaList = Field(
@@ -112,6 +115,103 @@ class Settings(BaseSettings):
         description="Queues a worker process serves: workflows, models, tools, tools:QUEUE; "
         "empty: every configured queue.",
     )
+
+    # -- telemetry --
+    tracing: Literal["off", "console", "otlp"] = Field(
+        default="off",
+        description="OpenTelemetry spans of runs, steps, model and tool calls: off, console "
+        "(JSON lines on stderr) or otlp (OTEL_EXPORTER_OTLP_*; needs opentelemetry-exporter-otlp).",
+    )
+    metrics_bind: str | None = Field(
+        default=None,
+        description="host:port where a worker serves Prometheus metrics at /metrics, "
+        "e.g. 0.0.0.0:9464; unset: no metrics.",
+    )
+
+    # -- encryption --
+    # Keys are checked here, so a bad one stops the worker or a command at start with one line
+    # naming the variable; no message ever holds key material (runtime/encryption.py).
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="AES-256 keys, base64 of 32 bytes each: KEY, or ID:KEY,ID2:KEY2 (the first "
+        "encrypts, every one decrypts). Set: payloads are encrypted. Worker and client alike.",
+    )
+    encryption_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the keys instead, written as STEPFLOW_ENCRYPTION_KEY has "
+        "them (one per line or comma-separated; # comments).",
+    )
+    codec_server_token: SecretStr | None = Field(
+        default=None,
+        description="The bearer token `stepflow codec-server` requires (16 characters or more).",
+    )
+    codec_server_origins: CommaList = Field(
+        default_factory=list,
+        description="Web UI origins the codec server answers (CORS), comma-separated; "
+        "default: the origin of STEPFLOW_UI_URL.",
+    )
+
+    # -- tool safety --
+    # Defaults for tools whose @tool names no limit of its own. Outputs of 256 KiB or more go to
+    # the payload store, so these bound memory and storage, not Temporal's payload limit; they
+    # are equal because one tool's output is often the next one's argument.
+    tool_max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Largest arguments (as JSON) a tool call may carry, unless the tool's @tool "
+        "sets max_request_bytes.",
+    )
+    tool_max_output_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Largest result (as JSON) a tool call may return, unless the tool's @tool "
+        "sets max_output_bytes.",
+    )
+
+    @field_validator("encryption_key", "encryption_key_file", "codec_server_token", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _check_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from runtime.encryption import EncryptionError, parse_keys
+
+            try:
+                parse_keys(value.get_secret_value())
+            except EncryptionError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("encryption_key_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            if info.data.get("encryption_key") is not None:
+                raise ValueError("set this or STEPFLOW_ENCRYPTION_KEY, not both")
+            from runtime.encryption import EncryptionError, read_key_file
+
+            try:
+                read_key_file(value)
+            except EncryptionError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("codec_server_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("too short: use 16 characters or more, e.g. `openssl rand -hex 32`")
+        return value
+
+    @field_validator("codec_server_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("model_task_queue", mode="before")
     @classmethod

@@ -81,6 +81,7 @@ with workflow.unsafe.imports_passed_through():
         tool_call_timeout,
     )
     from workflows.run_view import counts, details_markdown, live_status
+    from workflows.step_metrics import StepCounter
     from workflows.templates import TemplateError, render
     from workflows.validation import SpecError, check_pipeline
 
@@ -214,6 +215,7 @@ class PipelineWorkflow:
         self._update_task: int | None = None
         """History length of the workflow task that last accepted an update."""
         self._routing: TaskRouting | None = input.routing
+        self._step_counter = StepCounter(spec.name, carried.records if carried else ())
         self._plan(spec)  # before any handler runs: a cancel_step in the first task settles
 
     @workflow.run
@@ -930,9 +932,11 @@ class PipelineWorkflow:
     def _publish(self) -> None:
         """Refresh the current details and, when it changed, the StepflowStatus attribute."""
         status = self._run_status()
+        records = self._ordered_records()
         workflow.set_current_details(
-            details_markdown(self._spec.name, status, self._ordered_records(), workflow.now())
+            details_markdown(self._spec.name, status, records, workflow.now())
         )
+        self._step_counter.count(records)  # a metric, not a command: history is the same
         if self._keep_attributes and status != self._published:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status.value)])
             self._published = status

@@ -1,0 +1,89 @@
+"""What model calls and tool calls add to tracing and metrics.
+
+Attributes go on the span the SDK's tracing interceptor opened for the activity
+(`RunActivity:tool_<name>`, `RunActivity:model_call`); with tracing off there is
+no such span and setting them costs nothing. Metrics go to the activity's
+metric meter, which the worker's runtime exports (`STEPFLOW_METRICS_BIND`); with
+metrics off it is the SDK's no-op meter. The list of spans and metrics is in
+`runtime.telemetry`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import trace
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from runtime.telemetry import MODEL_CALL_DURATION, MODEL_TOKENS, TOOL_DURATION
+from workflows.models import TokenUsage
+
+
+def tool_call_started(step_id: str, tool: str, attempt: int) -> None:
+    """Name the step, tool and attempt on the tool call's span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(
+            {"stepflow.step_id": step_id, "stepflow.tool": tool, "stepflow.attempt": attempt}
+        )
+
+
+def tool_call_ended(tool: str, started: float, error: BaseException | None = None) -> None:
+    """Time the tool call (`started`: `time.monotonic()` when it began) and say how it ended."""
+    outcome = "ok" if error is None else "error"
+    activity.metric_meter().create_histogram_float(
+        TOOL_DURATION, "Tool calls' run time, by tool and outcome (ok, error).", "s"
+    ).record(time.monotonic() - started, {"tool": tool, "outcome": outcome})
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("stepflow.outcome", outcome)
+        if error is not None:
+            error_type = error.type if isinstance(error, ApplicationError) else None
+            span.set_attribute("error.type", error_type or type(error).__name__)
+
+
+def model_call_started(step_id: str, call_number: int, model: str) -> None:
+    """Name the step, the call's number in the step and the model on the model call's span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(
+            {
+                "stepflow.step_id": step_id,
+                "stepflow.model_call": call_number,
+                "stepflow.attempt": activity.info().attempt,
+                # The OpenTelemetry semantic conventions for generative AI.
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": model,
+            }
+        )
+
+
+def model_call_ended(
+    model: str, started: float, usage: TokenUsage | None = None, error_type: str | None = None
+) -> None:
+    """Time the model call and count its tokens (`usage`; None when it failed)."""
+    outcome = "ok" if error_type is None else "error"
+    meter = activity.metric_meter()
+    meter.create_histogram_float(
+        MODEL_CALL_DURATION, "Model calls' time, by model and outcome (ok, error).", "s"
+    ).record(time.monotonic() - started, {"model": model, "outcome": outcome})
+    if usage is not None:
+        tokens = meter.create_counter(
+            MODEL_TOKENS, "Tokens the model calls used, by model and type (prompt, completion)."
+        )
+        tokens.add(usage.prompt_tokens, {"model": model, "token_type": "prompt"})
+        tokens.add(usage.completion_tokens, {"model": model, "token_type": "completion"})
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("stepflow.outcome", outcome)
+    if usage is not None:
+        span.set_attributes(
+            {
+                "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": usage.completion_tokens,
+            }
+        )
+    if error_type is not None:
+        span.set_attribute("error.type", error_type)
