@@ -21,7 +21,9 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" > /tmp/r
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The project itself (not editable): the packages that pyproject.toml lists, and worker.py.
+# The project itself (not editable): the `stepflow` package, whose subpackages are links to the
+# folders below, and worker.py.
+COPY stepflow/ stepflow/
 COPY workflows/ workflows/
 COPY activities/ activities/
 COPY client/ client/

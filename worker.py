@@ -33,35 +33,35 @@ from pydantic_settings import SettingsError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import progress
-from activities.misrouted import refuse_model_calls
-from activities.model_call import model_call
-from activities.model_endpoint import ModelNotConfigured, resolve_endpoint
-from activities.registry import ToolDefinition, load_tool_modules
-from activities.tool_activities import tool_activities
-from runtime import exit_now
-from runtime.connection import ConnectionFailed, connect
-from runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
-from runtime.encryption import describe_encryption
-from runtime.logging import configure_logging
-from runtime.payload_storage import describe_store, payload_dir
-from runtime.routing import (
+from stepflow.activities import progress
+from stepflow.activities.misrouted import refuse_model_calls
+from stepflow.activities.model_call import model_call
+from stepflow.activities.model_endpoint import ModelNotConfigured, resolve_endpoint
+from stepflow.activities.registry import ToolDefinition, load_tool_modules
+from stepflow.activities.tool_activities import tool_activities
+from stepflow.runtime import exit_now
+from stepflow.runtime.connection import ConnectionFailed, connect
+from stepflow.runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
+from stepflow.runtime.encryption import describe_encryption
+from stepflow.runtime.logging import configure_logging
+from stepflow.runtime.payload_storage import describe_store, payload_dir
+from stepflow.runtime.routing import (
     MODELS,
     QueueService,
     RoutingError,
     explain_settings_error,
     served_queues,
 )
-from runtime.settings import Settings
-from runtime.telemetry import (
+from stepflow.runtime.settings import Settings
+from stepflow.runtime.telemetry import (
     TelemetryError,
     configure_tracing,
     describe,
     metrics_runtime,
     shutdown_tracing,
 )
-from workflows.agent import AgentStepWorkflow
-from workflows.pipeline import PipelineWorkflow
+from stepflow.workflows.agent import AgentStepWorkflow
+from stepflow.workflows.pipeline import PipelineWorkflow
 
 log = structlog.get_logger("stepflow.worker")
 

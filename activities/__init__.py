@@ -2,7 +2,7 @@
 
 Write a tool::
 
-    from activities import tool
+    from stepflow.activities import tool
 
     @tool
     def word_count(text: str) -> int:
@@ -10,8 +10,14 @@ Write a tool::
         return len(text.split())
 """
 
-from activities.context import ToolContext, ToolError, tool_context
-from activities.registry import ToolDefinition, all_tools, get_tool, load_tool_modules, tool
+from stepflow.activities.context import ToolContext, ToolError, tool_context
+from stepflow.activities.registry import (
+    ToolDefinition,
+    all_tools,
+    get_tool,
+    load_tool_modules,
+    tool,
+)
 
 __all__ = [
     "ToolContext",

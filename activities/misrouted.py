@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workflows.models import MODEL_CALL_ACTIVITY, ModelCallInput, ModelCallOutput
+from stepflow.workflows.models import MODEL_CALL_ACTIVITY, ModelCallInput, ModelCallOutput
 
 MISROUTED = "ModelCallMisrouted"
 

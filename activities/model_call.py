@@ -26,19 +26,19 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import telemetry
-from activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
-from activities.offline_model import offline_completion
-from activities.output_schema import (
+from stepflow.activities import telemetry
+from stepflow.activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
+from stepflow.activities.offline_model import offline_completion
+from stepflow.activities.output_schema import (
     OutputSchemaError,
     ResolvedSchema,
     resolve_output_schema,
     schema_instructions,
 )
-from activities.progress import report_retry
-from activities.registry import get_tool
-from runtime.settings import get_settings
-from workflows.models import (
+from stepflow.activities.progress import report_retry
+from stepflow.activities.registry import get_tool
+from stepflow.runtime.settings import get_settings
+from stepflow.workflows.models import (
     MODEL_CALL_ACTIVITY,
     ChatMessage,
     ModelCallInput,

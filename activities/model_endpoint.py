@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.settings import Settings
-from workflows.models import OFFLINE_MODEL
+from stepflow.runtime.settings import Settings
+from stepflow.workflows.models import OFFLINE_MODEL
 
 
 class ModelNotConfigured(Exception):

@@ -91,7 +91,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, validators
 
-from workflows.models import OFFLINE_MODEL
+from stepflow.workflows.models import OFFLINE_MODEL
 
 __all__ = [
     "OFFLINE_MODEL",

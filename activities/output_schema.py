@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
-from workflows.models import OutputSchema
+from stepflow.workflows.models import OutputSchema
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
 

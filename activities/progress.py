@@ -18,7 +18,7 @@ import structlog
 from temporalio import activity
 from temporalio.client import Client
 
-from workflows.control import STEP_PROGRESS, StepProgress
+from stepflow.workflows.control import STEP_PROGRESS, StepProgress
 
 log = structlog.get_logger("stepflow.progress")
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from workflows.templates import is_templated
+from stepflow.workflows.templates import is_templated
 
 if TYPE_CHECKING:
-    from runtime.settings import Settings
+    from stepflow.runtime.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -200,7 +200,7 @@ def load_tool_modules(modules: Iterable[str] = ()) -> list[ToolDefinition]:
     Raises:
         ImportError: a module that cannot be imported, with the name as written.
     """
-    importlib.import_module("activities.builtin")
+    importlib.import_module("stepflow.activities.builtin")
     # Like `python -m`: modules in the current directory are importable, also from the
     # `stepflow` console script (whose sys.path starts at the venv's bin directory).
     if os.getcwd() not in sys.path and "" not in sys.path:

@@ -16,8 +16,8 @@ from opentelemetry import trace
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from runtime.telemetry import MODEL_CALL_DURATION, MODEL_TOKENS, TOOL_DURATION
-from workflows.models import TokenUsage
+from stepflow.runtime.telemetry import MODEL_CALL_DURATION, MODEL_TOKENS, TOOL_DURATION
+from stepflow.workflows.models import TokenUsage
 
 
 def tool_call_started(step_id: str, tool: str, attempt: int) -> None:

@@ -19,12 +19,12 @@ from pydantic_core import PydanticSerializationError, to_json, to_jsonable_pytho
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import telemetry
-from activities.context import ToolContext, ToolError, _enter, _exit
-from activities.progress import report_retry
-from activities.registry import ToolDefinition
-from runtime.settings import get_settings
-from workflows.models import ToolCallInput, ToolCallOutput, tool_activity_name
+from stepflow.activities import telemetry
+from stepflow.activities.context import ToolContext, ToolError, _enter, _exit
+from stepflow.activities.progress import report_retry
+from stepflow.activities.registry import ToolDefinition
+from stepflow.runtime.settings import get_settings
+from stepflow.workflows.models import ToolCallInput, ToolCallOutput, tool_activity_name
 
 log = structlog.get_logger("stepflow.tool")
 

@@ -45,13 +45,13 @@ if str(ROOT) not in sys.path:  # `examples` is not installed: import it from the
 
 import structlog  # noqa: E402
 
-from activities.registry import load_tool_modules  # noqa: E402
-from client.api import StepflowClient  # noqa: E402
-from client.loading import load_spec_file  # noqa: E402
-from runtime.devserver import start_ephemeral_environment  # noqa: E402
-from runtime.settings import Settings  # noqa: E402
-from worker import build_worker  # noqa: E402
-from workflows.models import (  # noqa: E402
+from stepflow.activities.registry import load_tool_modules  # noqa: E402
+from stepflow.client.api import StepflowClient  # noqa: E402
+from stepflow.client.loading import load_spec_file  # noqa: E402
+from stepflow.runtime.devserver import start_ephemeral_environment  # noqa: E402
+from stepflow.runtime.settings import Settings  # noqa: E402
+from stepflow.worker import build_worker  # noqa: E402
+from stepflow.workflows.models import (  # noqa: E402
     OFFLINE_MODEL,
     AgentStep,
     PipelineResult,

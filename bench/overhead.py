@@ -61,13 +61,13 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WorkflowHandle
     from temporalio.worker import Worker
 
-    from activities.registry import ToolDefinition, load_tool_modules
-    from activities.tool_activities import tool_activities
-    from client.api import StepflowClient
-    from runtime.devserver import start_ephemeral_environment
-    from runtime.settings import Settings
-    from worker import WORKFLOWS
-    from workflows.models import (
+    from stepflow.activities.registry import ToolDefinition, load_tool_modules
+    from stepflow.activities.tool_activities import tool_activities
+    from stepflow.client.api import StepflowClient
+    from stepflow.runtime.devserver import start_ephemeral_environment
+    from stepflow.runtime.settings import Settings
+    from stepflow.worker import WORKFLOWS
+    from stepflow.workflows.models import (
         DEFAULT_START_TO_CLOSE,
         PipelineSpec,
         ToolCallInput,

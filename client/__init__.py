@@ -1,5 +1,11 @@
 """The `stepflow` command and the Python API for scripts (`StepflowClient`)."""
 
-from client.api import ControlRejected, PipelineError, PipelineRun, RunNotFound, StepflowClient
+from stepflow.client.api import (
+    ControlRejected,
+    PipelineError,
+    PipelineRun,
+    RunNotFound,
+    StepflowClient,
+)
 
 __all__ = ["ControlRejected", "PipelineError", "PipelineRun", "RunNotFound", "StepflowClient"]

@@ -33,8 +33,8 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from client.loading import check_spec, load_spec_file
-from client.runs import (
+from stepflow.client.loading import check_spec, load_spec_file
+from stepflow.client.runs import (
     RunSummary,
     attributes_unregistered,
     list_query,
@@ -42,7 +42,7 @@ from client.runs import (
     stepflow_attributes,
     warn_unregistered,
 )
-from client.timeline import (
+from stepflow.client.timeline import (
     TimelineEvent,
     build_timeline,
     child_executions,
@@ -50,14 +50,14 @@ from client.timeline import (
     next_run,
     previous_run,
 )
-from runtime.connection import connect
-from runtime.routing import task_routing, warn_unserved
-from runtime.settings import Settings, get_settings
-from workflows import control
-from workflows.control import PipelineState, StepInput, StepRequest
-from workflows.models import PipelineInput, PipelineResult, PipelineSpec
-from workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
-from workflows.validation import resolve_inputs
+from stepflow.runtime.connection import connect
+from stepflow.runtime.routing import task_routing, warn_unserved
+from stepflow.runtime.settings import Settings, get_settings
+from stepflow.workflows import control
+from stepflow.workflows.control import PipelineState, StepInput, StepRequest
+from stepflow.workflows.models import PipelineInput, PipelineResult, PipelineSpec
+from stepflow.workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
+from stepflow.workflows.validation import resolve_inputs
 
 
 class PipelineError(RuntimeError):

@@ -41,9 +41,9 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from temporalio.service import RPCError
 
-from activities.registry import load_tool_modules
-from client.api import ControlRejected, PipelineError, RunNotFound, StepflowClient
-from client.cli_common import (
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import ControlRejected, PipelineError, RunNotFound, StepflowClient
+from stepflow.client.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -53,21 +53,21 @@ from client.cli_common import (
     out,
     parse_inputs,
 )
-from client.codec_command import add_codec_server_command
-from client.control_commands import add_control_commands
-from client.loading import check_spec, load_spec_file
-from client.render import print_result
-from client.schedule_commands import add_schedule_commands
-from client.schedules import ScheduleError, ScheduleNotFound
-from runtime import devserver, exit_now
-from runtime.connection import ConnectionFailed
-from runtime.encryption import EncryptionError
-from runtime.logging import configure_logging
-from runtime.payload_storage import PayloadStoreError
-from runtime.routing import explain_settings_error
-from runtime.settings import get_settings
-from workflows.models import PipelineResult, PipelineStatus
-from workflows.validation import SpecError
+from stepflow.client.codec_command import add_codec_server_command
+from stepflow.client.control_commands import add_control_commands
+from stepflow.client.loading import check_spec, load_spec_file
+from stepflow.client.render import print_result
+from stepflow.client.schedule_commands import add_schedule_commands
+from stepflow.client.schedules import ScheduleError, ScheduleNotFound
+from stepflow.runtime import devserver, exit_now
+from stepflow.runtime.connection import ConnectionFailed
+from stepflow.runtime.encryption import EncryptionError
+from stepflow.runtime.logging import configure_logging
+from stepflow.runtime.payload_storage import PayloadStoreError
+from stepflow.runtime.routing import explain_settings_error
+from stepflow.runtime.settings import get_settings
+from stepflow.workflows.models import PipelineResult, PipelineStatus
+from stepflow.workflows.validation import SpecError
 
 
 def _result_exit(result: PipelineResult) -> int:

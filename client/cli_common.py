@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-from workflows.durations import parse_duration
-from workflows.models import PipelineSpec
+from stepflow.workflows.durations import parse_duration
+from stepflow.workflows.models import PipelineSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -7,11 +7,11 @@ import asyncio
 import signal
 from typing import Any
 
-from client.cli_common import EXIT_OK, UsageError, err
-from runtime.codec_server import DEFAULT_PORT, CodecServerError, build_codec_server
-from runtime.encryption import describe_encryption
-from runtime.payload_storage import describe_store
-from runtime.settings import get_settings
+from stepflow.client.cli_common import EXIT_OK, UsageError, err
+from stepflow.runtime.codec_server import DEFAULT_PORT, CodecServerError, build_codec_server
+from stepflow.runtime.encryption import describe_encryption
+from stepflow.runtime.payload_storage import describe_store
+from stepflow.runtime.settings import get_settings
 
 
 async def cmd_codec_server(args: argparse.Namespace) -> int:

@@ -16,12 +16,12 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from client.api import ControlRejected, StepflowClient
-from client.cli_common import EXIT_FAILED, EXIT_OK, UsageError, err, out, parse_value
-from client.render import format_seconds, print_state
-from client.runs import LIST_STATUSES, TERMINATED, TIMED_OUT
-from client.timeline import format_lines
-from client.watch import watch
+from stepflow.client.api import ControlRejected, StepflowClient
+from stepflow.client.cli_common import EXIT_FAILED, EXIT_OK, UsageError, err, out, parse_value
+from stepflow.client.render import format_seconds, print_state
+from stepflow.client.runs import LIST_STATUSES, TERMINATED, TIMED_OUT
+from stepflow.client.timeline import format_lines
+from stepflow.client.watch import watch
 
 CANCEL_WAIT_SECONDS = 10.0
 """How long `stepflow cancel` waits to report how the run ended (it goes on ending after)."""

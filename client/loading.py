@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from activities.output_schema import OutputSchemaError, resolve_output_schema
-from activities.registry import all_tools, get_tool, load_tool_modules
-from runtime.settings import get_settings
-from workflows.models import AgentStep, PipelineSpec, ToolStep
-from workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
+from stepflow.activities.output_schema import OutputSchemaError, resolve_output_schema
+from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
+from stepflow.runtime.settings import get_settings
+from stepflow.workflows.models import AgentStep, PipelineSpec, ToolStep
+from stepflow.workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
 
 
 def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIssue]:

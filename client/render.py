@@ -11,8 +11,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from workflows.control import PipelineState, RunStatus
-from workflows.models import OFFLINE_MODEL, PipelineResult, PipelineStatus, StepRecord, StepStatus
+from stepflow.workflows.control import PipelineState, RunStatus
+from stepflow.workflows.models import (
+    OFFLINE_MODEL,
+    PipelineResult,
+    PipelineStatus,
+    StepRecord,
+    StepStatus,
+)
 
 STATUS_STYLE = {
     StepStatus.PENDING: "dim",

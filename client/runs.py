@@ -18,10 +18,10 @@ from temporalio.client import WorkflowExecution, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows import control
-from workflows.control import RunStatus
-from workflows.models import PIPELINE_NAME_PATTERN
-from workflows.pipeline import PIPELINE_WORKFLOW
+from stepflow.workflows import control
+from stepflow.workflows.control import RunStatus
+from stepflow.workflows.models import PIPELINE_NAME_PATTERN
+from stepflow.workflows.pipeline import PIPELINE_WORKFLOW
 
 log = structlog.get_logger("stepflow.client")
 

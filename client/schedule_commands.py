@@ -9,10 +9,17 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from client.api import StepflowClient
-from client.cli_common import EXIT_OK, add_input_option, err, out, parse_inputs, parse_interval
-from client.loading import load_spec_file
-from client.schedules import PipelineSchedules, ScheduleSummary
+from stepflow.client.api import StepflowClient
+from stepflow.client.cli_common import (
+    EXIT_OK,
+    add_input_option,
+    err,
+    out,
+    parse_inputs,
+    parse_interval,
+)
+from stepflow.client.loading import load_spec_file
+from stepflow.client.schedules import PipelineSchedules, ScheduleSummary
 
 
 def _when(value: datetime | None) -> str:

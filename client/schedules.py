@@ -34,13 +34,13 @@ from temporalio.client import (
 from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
-from client.api import StepflowClient, load_pipeline
-from client.runs import attributes_unregistered, stepflow_attributes, warn_unregistered
-from runtime.routing import task_routing
-from workflows.durations import format_duration
-from workflows.models import PipelineInput, PipelineSpec
-from workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
-from workflows.validation import resolve_inputs
+from stepflow.client.api import StepflowClient, load_pipeline
+from stepflow.client.runs import attributes_unregistered, stepflow_attributes, warn_unregistered
+from stepflow.runtime.routing import task_routing
+from stepflow.workflows.durations import format_duration
+from stepflow.workflows.models import PipelineInput, PipelineSpec
+from stepflow.workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
+from stepflow.workflows.validation import resolve_inputs
 
 
 class ScheduleError(ValueError):

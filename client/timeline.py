@@ -22,9 +22,9 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.converter import DataConverter, decode_search_attributes
 
-from runtime.encryption import readable_failure
-from workflows.control import STATUS_ATTRIBUTE, STEP_PROGRESS
-from workflows.durations import format_duration
+from stepflow.runtime.encryption import readable_failure
+from stepflow.workflows.control import STATUS_ATTRIBUTE, STEP_PROGRESS
+from stepflow.workflows.durations import format_duration
 
 _RETRY_STATE = {
     RetryState.RETRY_STATE_NON_RETRYABLE_FAILURE: "non-retryable",

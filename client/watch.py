@@ -18,8 +18,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from client.api import ControlRejected, RunSummary, StepflowClient
-from client.render import (
+from stepflow.client.api import ControlRejected, RunSummary, StepflowClient
+from stepflow.client.render import (
     RUN_STYLE,
     STATUS_STYLE,
     counts_line,
@@ -28,9 +28,9 @@ from client.render import (
     status_text,
     steps_table,
 )
-from client.timeline import format_elapsed
-from workflows.control import PipelineState, RunStatus
-from workflows.models import StepStatus
+from stepflow.client.timeline import format_elapsed
+from stepflow.workflows.control import PipelineState, RunStatus
+from stepflow.workflows.models import StepStatus
 
 
 @dataclass(frozen=True)

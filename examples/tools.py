@@ -29,8 +29,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from activities import ToolError, tool, tool_context
-from activities.builtin.files import read_file, resolve_in_workspace, write_file
+from stepflow import ToolError, tool, tool_context
+from stepflow.activities.builtin.files import read_file, resolve_in_workspace, write_file
 
 EXAMPLES = Path(__file__).resolve().parent
 NOTES = EXAMPLES / "notes"

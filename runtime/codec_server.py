@@ -36,9 +36,9 @@ from temporalio.converter import (
     StorageDriverRetrieveContext,
 )
 
-from runtime.encryption import EncryptionCodec, EncryptionError, load_keys
-from runtime.payload_storage import PayloadStoreError, stepflow_data_converter
-from runtime.settings import Settings
+from stepflow.runtime.encryption import EncryptionCodec, EncryptionError, load_keys
+from stepflow.runtime.payload_storage import PayloadStoreError, stepflow_data_converter
+from stepflow.runtime.settings import Settings
 
 log = structlog.get_logger("stepflow.codec_server")
 

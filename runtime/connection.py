@@ -27,10 +27,10 @@ from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from runtime.encryption import EncryptionError
-from runtime.payload_storage import PayloadStoreError, stepflow_data_converter
-from runtime.settings import Settings, get_settings
-from runtime.telemetry import TelemetryError, tracing_interceptors
+from stepflow.runtime.encryption import EncryptionError
+from stepflow.runtime.payload_storage import PayloadStoreError, stepflow_data_converter
+from stepflow.runtime.settings import Settings, get_settings
+from stepflow.runtime.telemetry import TelemetryError, tracing_interceptors
 
 DEFAULT_ADDRESS = "localhost:7233"
 CONFIG_FILE_ENV = "TEMPORAL_CONFIG_FILE"

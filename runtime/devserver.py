@@ -21,8 +21,8 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from runtime.payload_storage import stepflow_data_converter
-from runtime.settings import Settings, get_settings
+from stepflow.runtime.payload_storage import stepflow_data_converter
+from stepflow.runtime.settings import Settings, get_settings
 
 GRPC_PORT = 7233
 UI_PORT = 8233
@@ -172,16 +172,18 @@ WORKER_READY_LINE = "stepflow worker started"
 
 
 def ensure_background_worker(settings: Settings) -> bool:
-    """Start `python worker.py` detached unless ours is alive. True if it started one."""
+    """Start the worker (`python -m stepflow.worker`) detached unless ours is alive.
+
+    True if it started one.
+    """
     home = settings.home.resolve()
     pid_file = home / "worker.pid"
     if _pid_alive(pid_file):
         return False
     log_file = home / "worker.log"
     offset = log_file.stat().st_size if log_file.exists() else 0
-    worker_script = Path(__file__).resolve().parent.parent / "worker.py"
     env = {**os.environ, "STEPFLOW_LOG_FORMAT": "json"}
-    process = _spawn([sys.executable, str(worker_script)], log_file, pid_file, env=env)
+    process = _spawn([sys.executable, "-m", "stepflow.worker"], log_file, pid_file, env=env)
     deadline = time.monotonic() + 60
     while True:
         with log_file.open("rb") as log:

@@ -40,7 +40,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter, PayloadCodec
 
 if TYPE_CHECKING:
-    from runtime.settings import Settings
+    from stepflow.runtime.settings import Settings
 
 ENCODING = b"binary/encrypted"
 """The encoding of an encrypted payload (as in Temporal's encryption samples)."""

@@ -14,7 +14,7 @@ import sys
 
 import structlog
 
-from runtime.settings import Settings
+from stepflow.runtime.settings import Settings
 
 _configured = False
 

@@ -44,8 +44,8 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
-from runtime.encryption import EncryptionCodec, load_keys
-from runtime.settings import Settings
+from stepflow.runtime.encryption import EncryptionCodec, load_keys
+from stepflow.runtime.settings import Settings
 
 TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
 """The server's default `limit.blobSize.error`: a bigger payload is refused."""

@@ -23,8 +23,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from runtime.settings import Settings
-from workflows.models import AgentStep, PipelineSpec, TaskRouting, ToolStep
+from stepflow.runtime.settings import Settings
+from stepflow.workflows.models import AgentStep, PipelineSpec, TaskRouting, ToolStep
 
 log = structlog.get_logger("stepflow.routing")
 

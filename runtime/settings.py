@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from runtime.encryption import EncryptionError, parse_keys
+            from stepflow.runtime.encryption import EncryptionError, parse_keys
 
             try:
                 parse_keys(value.get_secret_value())
@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         if value is not None:
             if info.data.get("encryption_key") is not None:
                 raise ValueError("set this or STEPFLOW_ENCRYPTION_KEY, not both")
-            from runtime.encryption import EncryptionError, read_key_file
+            from stepflow.runtime.encryption import EncryptionError, read_key_file
 
             try:
                 read_key_file(value)

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING
 
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from runtime.settings import Settings
-from workflows.step_metrics import STEPS_METRIC
+from stepflow.runtime.settings import Settings
+from stepflow.workflows.step_metrics import STEPS_METRIC
 
 if TYPE_CHECKING:
     from temporalio.client import Interceptor
@@ -75,7 +75,7 @@ def configure_tracing(settings: Settings, *, worker: bool = False) -> None:
     """
     if settings.tracing == "off":
         return
-    from runtime import tracing  # OpenTelemetry's SDK: only imported when asked for
+    from stepflow.runtime import tracing  # OpenTelemetry's SDK: only imported when asked for
 
     try:
         tracing.configure(
@@ -94,7 +94,7 @@ def tracing_interceptors(settings: Settings) -> list[Interceptor]:
     if settings.tracing == "off":
         return []
     configure_tracing(settings)
-    from runtime import tracing
+    from stepflow.runtime import tracing
 
     return [tracing.StepflowTracingInterceptor()]
 
@@ -102,7 +102,7 @@ def tracing_interceptors(settings: Settings) -> list[Interceptor]:
 def shutdown_tracing(settings: Settings) -> None:
     """Export the spans still queued (a worker, before it exits)."""
     if settings.tracing != "off":
-        from runtime import tracing
+        from stepflow.runtime import tracing
 
         tracing.shutdown()
 

@@ -39,7 +39,7 @@ from temporalio import workflow
 from temporalio.contrib.opentelemetry import TracingInterceptor, TracingWorkflowInboundInterceptor
 from temporalio.worker import ExecuteWorkflowInput, WorkflowInterceptorClassInput
 
-from workflows.models import AgentStepInput, PipelineInput
+from stepflow.workflows.models import AgentStepInput, PipelineInput
 
 
 class TracingSetupError(Exception):

@@ -13,12 +13,12 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.devserver import start_ephemeral_environment
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.devserver import start_ephemeral_environment
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer
-from worker import build_worker
 
 TEST_TOOL_MODULES = "tests.support.tools,tests.support.control_tools,tests.support.big_tools"
 """The test tools every worker serves: general ones, and the gates the run-control tests hold."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from temporalio.client import Client
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
     TEST_API_KEY,
@@ -13,7 +14,6 @@ from tests.support.model_server import (
     ScriptedModelServer,
     text,
 )
-from workflows.models import StepStatus
 
 
 def _echo(step_id: str, value: str, **fields: object) -> dict[str, object]:

@@ -12,11 +12,11 @@ import time
 
 from temporalio.client import Client
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, ToolCall, hang, text, tool_calls
 from tests.support.tools import journal_read
-from workflows.models import StepStatus
 
 FAST_RETRY = {"initial_interval": "100ms", "max_attempts": 2}
 

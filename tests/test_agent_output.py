@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer, text
-from workflows.models import StepStatus
 
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from activities.builtin.files import (
+from stepflow.activities.builtin.files import (
     FileNotFoundInWorkspace,
     PathOutsideWorkspace,
     list_files,
@@ -19,7 +19,7 @@ from activities.builtin.files import (
     resolve_in_workspace,
     write_file,
 )
-from activities.builtin.http import (
+from stepflow.activities.builtin.http import (
     HostNotAllowed,
     HttpClientError,
     HttpServerError,
@@ -29,7 +29,7 @@ from activities.builtin.http import (
     TooManyRedirects,
     http_get,
 )
-from activities.builtin.transforms import (
+from stepflow.activities.builtin.transforms import (
     InvalidJson,
     InvalidTemplate,
     JsonPathNotFound,
@@ -43,8 +43,8 @@ from activities.builtin.transforms import (
     text_template,
     word_count,
 )
-from activities.context import ToolError
-from activities.registry import get_tool, load_tool_modules
+from stepflow.activities.context import ToolError
+from stepflow.activities.registry import get_tool, load_tool_modules
 
 BUILTIN_TOOLS = [
     "read_file",

@@ -15,11 +15,15 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from client import runs
-from client.api import ControlRejected, RunNotFound, StepflowClient
-from client.schedules import PipelineSchedules
-from runtime.devserver import temporal_binary
-from runtime.settings import Settings
+from stepflow.client import runs
+from stepflow.client.api import ControlRejected, RunNotFound, StepflowClient
+from stepflow.client.schedules import PipelineSchedules
+from stepflow.runtime.devserver import temporal_binary
+from stepflow.runtime.settings import Settings
+from stepflow.workflows import control
+from stepflow.workflows.control import PipelineState, RunStatus
+from stepflow.workflows.models import PipelineInput, PipelineStatus, StepStatus
+from stepflow.workflows.pipeline import PipelineWorkflow
 from tests.support.control_tools import (
     Gate,
     approval,
@@ -30,10 +34,6 @@ from tests.support.control_tools import (
     wait_step,
 )
 from tests.support.helpers import pipeline, step
-from workflows import control
-from workflows.control import PipelineState, RunStatus
-from workflows.models import PipelineInput, PipelineStatus, StepStatus
-from workflows.pipeline import PipelineWorkflow
 
 
 async def rejected(request: Awaitable[Any]) -> str:

@@ -19,8 +19,16 @@ from rich.console import Console
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from client.api import RunSummary, StepflowClient
-from client.render import counts_line, steps_table
+from stepflow.client.api import RunSummary, StepflowClient
+from stepflow.client.render import counts_line, steps_table
+from stepflow.workflows.control import PipelineState, RunStatus
+from stepflow.workflows.models import (
+    PipelineSpec,
+    PipelineStatus,
+    StepRecord,
+    StepStatus,
+    TokenUsage,
+)
 from tests.support.control_tools import (
     CONTROL_TOOL_MODULES,
     Gate,
@@ -39,14 +47,6 @@ from tests.support.processes import (
     one_error_line,
     process_env,
     stepflow_cli,
-)
-from workflows.control import PipelineState, RunStatus
-from workflows.models import (
-    PipelineSpec,
-    PipelineStatus,
-    StepRecord,
-    StepStatus,
-    TokenUsage,
 )
 
 

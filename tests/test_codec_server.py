@@ -27,12 +27,13 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.devserver import temporal_binary, tuned_flags
-from runtime.encryption import ENCODING, EncryptionCodec, parse_keys
-from runtime.payload_storage import stepflow_data_converter
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.devserver import temporal_binary, tuned_flags
+from stepflow.runtime.encryption import ENCODING, EncryptionCodec, parse_keys
+from stepflow.runtime.payload_storage import stepflow_data_converter
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
 from tests.support.encrypted import (
     DESCRIPTION,
     ERROR,
@@ -57,7 +58,6 @@ from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer
 from tests.support.processes import one_error_line, process_env, stepflow_cli
 from tests.test_web_ui import Browser, find_chromium, free_port
-from worker import build_worker
 
 
 @pytest.fixture

@@ -29,10 +29,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.connection import ConnectionFailed, connect, connect_config
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.connection import ConnectionFailed, connect, connect_config
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
+from stepflow.workflows.models import PipelineStatus
 from tests.support.helpers import pipeline, step
 from tests.support.processes import (
     ROOT,
@@ -42,8 +44,6 @@ from tests.support.processes import (
     stepflow_cli,
     wait_for_log,
 )
-from worker import build_worker
-from workflows.models import PipelineStatus
 
 SERVER_NAME = "temporal.internal"
 """The only name in the proxy's certificate: clients that dial 127.0.0.1 must name it."""

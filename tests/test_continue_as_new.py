@@ -19,8 +19,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from client.api import StepflowClient
-from runtime.devserver import continue_as_new_early, start_ephemeral_environment
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.devserver import continue_as_new_early, start_ephemeral_environment
+from stepflow.workflows.control import PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, RunStatus
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.control_tools import (
     Gate,
     approval,
@@ -36,8 +38,6 @@ from tests.support.control_tools import (
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, hang, text, tool_calls
 from tests.support.tools import journal_read
-from workflows.control import PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, RunStatus
-from workflows.models import PipelineStatus, StepStatus
 
 SUGGEST_AT = 100
 """History length at which this module's server suggests continuing as new (default: 4,096)."""

@@ -18,8 +18,10 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
-from client.api import StepflowClient
-from runtime.settings import Settings
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.settings import Settings
+from stepflow.worker import WORKER_READY_LINE
+from stepflow.workflows.models import PipelineSpec, PipelineStatus, StepStatus
 from tests.support.crash import (
     FileBackedServer,
     has,
@@ -36,8 +38,6 @@ from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer, hang, text, tool_calls
 from tests.support.processes import process_env, start_worker, wait_for_log
 from tests.support.tools import journal_read
-from worker import WORKER_READY_LINE
-from workflows.models import PipelineSpec, PipelineStatus, StepStatus
 
 JOURNAL = {"journal": {"type": "string"}}
 """Every pipeline here takes its journal as an input, so the calm run journals apart."""

@@ -30,8 +30,8 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.testing import WorkflowEnvironment
 
-from runtime.devserver import SEARCH_ATTRIBUTES, temporal_binary
-from runtime.settings import Settings
+from stepflow.runtime.devserver import SEARCH_ATTRIBUTES, temporal_binary
+from stepflow.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -283,9 +283,11 @@ def test_dockerfile_installs_the_project_and_runs_the_worker_unprivileged() -> N
         for source in args.split()[:-1]
     }
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
-    modules = {f"{m}.py" for m in project["tool"]["setuptools"]["py-modules"]}
-    needed = packages | modules | {"pyproject.toml", project["project"]["readme"]}
+    # The one package, `stepflow`, and the root folders its subpackages link to.
+    packages = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    linked = {p.name for p in (ROOT / "stepflow").iterdir() if p.is_symlink()}
+    assert packages == {"stepflow"} and {"workflows", "worker.py"} <= linked
+    needed = packages | linked | {"pyproject.toml", project["project"]["readme"]}
     assert needed <= copied, f"not copied: {sorted(needed - copied)}"
     runs = " ".join(args for op, args in instructions if op == "RUN")
     assert "pip install --no-deps ." in runs and "-e " not in runs

@@ -8,8 +8,8 @@ from pathlib import Path
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
-from runtime.devserver import SEARCH_ATTRIBUTES, ensure_dev_server, is_listening, stop_all
-from runtime.settings import Settings
+from stepflow.runtime.devserver import SEARCH_ATTRIBUTES, ensure_dev_server, is_listening, stop_all
+from stepflow.runtime.settings import Settings
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from runtime.encryption import (
+from stepflow.runtime.encryption import (
     ENCODING,
     EncryptionCodec,
     EncryptionError,
@@ -32,8 +32,9 @@ from runtime.encryption import (
     parse_keys,
     readable_failure,
 )
-from runtime.payload_storage import stepflow_data_converter
-from runtime.settings import Settings
+from stepflow.runtime.payload_storage import stepflow_data_converter
+from stepflow.runtime.settings import Settings
+from stepflow.workflows.models import PipelineStatus
 from tests.support.control_tools import wait_step
 from tests.support.crash import wait_until
 from tests.support.encrypted import (
@@ -56,7 +57,6 @@ from tests.support.encrypted import (
 from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer
 from tests.support.processes import ROOT, one_error_line, process_env, stepflow_cli
-from workflows.models import PipelineStatus
 
 REFERENCE_TYPE = ExternalStorageReference.DESCRIPTOR.full_name.encode()
 """The `messageType` of a payload store reference."""

@@ -8,13 +8,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from activities.builtin.files import write_file
-from activities.registry import load_tool_modules
-from client.api import ControlRejected, StepflowClient
-from client.loading import check_spec, load_spec_file
 from examples.tools import check_python
-from runtime.settings import Settings
-from workflows.models import AgentStep, PipelineResult, PipelineStatus, StepStatus
+from stepflow.activities.builtin.files import write_file
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import ControlRejected, StepflowClient
+from stepflow.client.loading import check_spec, load_spec_file
+from stepflow.runtime.settings import Settings
+from stepflow.workflows.models import AgentStep, PipelineResult, PipelineStatus, StepStatus
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESEARCH = EXAMPLES / "research_report.yaml"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.helpers import pipeline, step
 from tests.support.tools import journal_read
-from workflows.models import PipelineStatus, StepStatus
 
 
 async def test_flaky_tool_succeeds_on_attempt_3_with_the_configured_backoff(

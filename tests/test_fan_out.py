@@ -15,11 +15,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.agent import MAX_PARALLEL_TOOL_CALLS
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
-from workflows.agent import MAX_PARALLEL_TOOL_CALLS
-from workflows.models import PipelineStatus, StepStatus
 
 STEPS = 2_500
 

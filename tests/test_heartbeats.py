@@ -16,22 +16,22 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.builtin.files import write_file
-from activities.registry import get_tool
-from activities.tool_activities import make_tool_activity
-from client.api import StepflowClient
 from examples.tools import checksum_files
-from runtime.settings import Settings
-from tests.support.crash import wait_until
-from tests.support.helpers import agent, pipeline, step
-from tests.support.model_server import ScriptedModelServer, text, tool_calls
-from tests.support.tools import journal_read
-from workflows.models import (
+from stepflow.activities.builtin.files import write_file
+from stepflow.activities.registry import get_tool
+from stepflow.activities.tool_activities import make_tool_activity
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.settings import Settings
+from stepflow.workflows.models import (
     DEFAULT_MODEL_HEARTBEAT,
     MODEL_CALL_ACTIVITY,
     PipelineStatus,
     ToolCallInput,
 )
+from tests.support.crash import wait_until
+from tests.support.helpers import agent, pipeline, step
+from tests.support.model_server import ScriptedModelServer, text, tool_calls
+from tests.support.tools import journal_read
 
 
 async def test_a_tool_that_failed_mid_way_resumes_from_its_last_heartbeat(

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
+from stepflow.workflows.control import APPROVE, INPUT, REJECT, RunStatus, StepInput, StepRequest
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.control_tools import (
     Gate,
     approval,
@@ -27,9 +30,6 @@ from tests.support.control_tools import (
     wait_step,
 )
 from tests.support.helpers import pipeline, step
-from worker import build_worker
-from workflows.control import APPROVE, INPUT, REJECT, RunStatus, StepInput, StepRequest
-from workflows.models import PipelineStatus, StepStatus
 
 
 async def test_approve_with_a_comment_succeeds_the_step_and_dependents_see_it(

@@ -20,22 +20,22 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowHistory
 from temporalio.converter import StorageDriverClaim, StorageDriverRetrieveContext
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.payload_storage import (
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.payload_storage import (
     OUTPUT_TOO_LARGE,
     PAYLOAD_STORE_FAILED,
     LocalPayloadDriver,
     PayloadStoreError,
     stepflow_data_converter,
 )
-from runtime.settings import Settings
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.big_tools import big_value, digest
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
 from tests.support.tools import journal_read
-from worker import build_worker
-from workflows.models import PipelineStatus, StepStatus
 
 StoreWorker = Callable[..., AbstractAsyncContextManager[StepflowClient]]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from client.api import StepflowClient
-from runtime.devserver import WORKER_READY_LINE
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.devserver import WORKER_READY_LINE
+from stepflow.workflows.models import PipelineSpec
 from tests.support.crash import stop_worker
 from tests.support.helpers import pipeline, step
 from tests.support.processes import process_env, start_worker, wait_for_log
-from workflows.models import PipelineSpec
 
 SECRET = "private-customer-text-7f3a"
 

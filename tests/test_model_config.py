@@ -9,13 +9,13 @@ import httpx
 import pydantic
 import pytest
 
-from activities.model_call import _retry_after
-from activities.model_endpoint import ModelNotConfigured, resolve_endpoint
-from client.api import StepflowClient
-from runtime.settings import Settings, get_settings
+from stepflow.activities.model_call import _retry_after
+from stepflow.activities.model_endpoint import ModelNotConfigured, resolve_endpoint
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.settings import Settings, get_settings
+from stepflow.workflows.models import StepStatus
 from tests.support.helpers import agent, pipeline
 from tests.support.model_server import ScriptedModelServer, text
-from workflows.models import StepStatus
 
 
 async def test_a_configured_model_uses_its_own_address_key_variable_and_parameters(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import StepStatus
 from tests.support.helpers import agent, pipeline
 from tests.support.model_server import ScriptedModelServer, error, hang, text
-from workflows.models import StepStatus
 
 # Short intervals, so any wait longer than these came from the API's Retry-After.
 QUICK = {"initial_interval": "100ms", "backoff_coefficient": 1.0}

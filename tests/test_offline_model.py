@@ -10,14 +10,14 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
-from activities.offline_model import (
+from stepflow.activities.offline_model import (
     OFFLINE_MODEL,
     REPAIR_PREFIX,
     estimate_tokens,
     offline_completion,
     synthesize,
 )
-from workflows import models
+from stepflow.workflows import models
 
 
 def tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from worker import WORKFLOWS
-from workflows.models import PipelineInput, PipelineResult, ToolCallOutput
-from workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
+from stepflow.worker import WORKFLOWS
+from stepflow.workflows.models import PipelineInput, PipelineResult, ToolCallOutput
+from stepflow.workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 HISTORIES = sorted((ROOT / "tests" / "histories").glob("*.json"))

@@ -10,7 +10,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError, TerminatedError
 
-from client.api import PipelineError, StepflowClient
+from stepflow.client.api import PipelineError, StepflowClient
+from stepflow.workflows.control import PAUSE, RunStatus
+from stepflow.workflows.models import StepStatus
 from tests.support.control_tools import (
     HEARTBEAT,
     Gate,
@@ -30,8 +32,6 @@ from tests.support.control_tools import (
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, tool_calls
 from tests.support.tools import journal_read
-from workflows.control import PAUSE, RunStatus
-from workflows.models import StepStatus
 
 
 async def closed_as(

@@ -10,9 +10,22 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
+from stepflow.workflows.control import (
+    APPROVE,
+    CANCEL_STEP,
+    INPUT,
+    PAUSE,
+    REJECT,
+    RESUME,
+    RunStatus,
+    StepInput,
+    StepRequest,
+)
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.control_tools import (
     HEARTBEAT,
     Gate,
@@ -37,19 +50,6 @@ from tests.support.control_tools import (
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, tool_calls
 from tests.support.tools import journal_read
-from worker import build_worker
-from workflows.control import (
-    APPROVE,
-    CANCEL_STEP,
-    INPUT,
-    PAUSE,
-    REJECT,
-    RESUME,
-    RunStatus,
-    StepInput,
-    StepRequest,
-)
-from workflows.models import PipelineStatus, StepStatus
 
 NOT_WAITING = r"not waiting|pending"
 UNKNOWN = r"unknown|no step|not a step|does not exist|no such"

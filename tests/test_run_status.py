@@ -7,7 +7,9 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.control import APPROVE, CANCEL_STEP, RunStatus, StepRequest
+from stepflow.workflows.models import PipelineStatus, StepStatus, TokenUsage
 from tests.support.control_tools import (
     HEARTBEAT,
     Gate,
@@ -20,8 +22,6 @@ from tests.support.control_tools import (
 )
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
-from workflows.control import APPROVE, CANCEL_STEP, RunStatus, StepRequest
-from workflows.models import PipelineStatus, StepStatus, TokenUsage
 
 
 def nonzero(counts: dict[StepStatus, int]) -> dict[StepStatus, int]:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from workflows import requests
-from workflows.control import RunStatus
-from workflows.models import PipelineSpec, StepRecord, StepStatus
-from workflows.run_view import details_markdown, live_status, step_state
+from stepflow.workflows import requests
+from stepflow.workflows.control import RunStatus
+from stepflow.workflows.models import PipelineSpec, StepRecord, StepStatus
+from stepflow.workflows.run_view import details_markdown, live_status, step_state
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -13,12 +13,17 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from client.api import RunSummary, StepflowClient
-from client.schedules import PipelineSchedules, ScheduleError, ScheduleNotFound, ScheduleSummary
+from stepflow.client.api import RunSummary, StepflowClient
+from stepflow.client.schedules import (
+    PipelineSchedules,
+    ScheduleError,
+    ScheduleNotFound,
+    ScheduleSummary,
+)
+from stepflow.workflows import control
+from stepflow.workflows.models import PipelineStatus
 from tests.support.control_tools import eventually
 from tests.support.processes import ok, one_error_line, process_env, stepflow_cli
-from workflows import control
-from workflows.models import PipelineStatus
 
 
 @pytest.fixture

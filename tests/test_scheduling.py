@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.helpers import pipeline, step
 from tests.support.tools import journal_read
-from workflows.models import PipelineStatus, StepStatus
 
 
 def intervals(journal: str) -> dict[str, tuple[float, float]]:

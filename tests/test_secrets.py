@@ -18,9 +18,10 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from client.api import StepflowClient
-from client.schedules import PipelineSchedules
-from runtime.devserver import WORKER_READY_LINE
+from stepflow.client.api import StepflowClient
+from stepflow.client.schedules import PipelineSchedules
+from stepflow.runtime.devserver import WORKER_READY_LINE
+from stepflow.workflows.models import PipelineResult, PipelineSpec, StepStatus
 from tests.support.crash import stop_worker
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
@@ -33,7 +34,6 @@ from tests.support.model_server import (
     tool_calls,
 )
 from tests.support.processes import process_env, start_worker, wait_for_log
-from workflows.models import PipelineResult, PipelineSpec, StepStatus
 
 PROVIDER_KEY = "sk-planted-acme-provider-key-5f0c9a7e"
 KEYS = [TEST_API_KEY, PROVIDER_KEY]

@@ -19,7 +19,8 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import PipelineResult, PipelineSpec, PipelineStatus, StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
     FAULT_KINDS,
@@ -36,7 +37,6 @@ from tests.support.model_server import (
     tool_calls,
 )
 from tests.support.tools import journal_read
-from workflows.models import PipelineResult, PipelineSpec, PipelineStatus, StepStatus
 
 QUICK = {"initial_interval": "100ms", "backoff_coefficient": 1.0}
 

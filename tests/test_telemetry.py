@@ -27,11 +27,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from client.api import StepflowClient
-from runtime.connection import connect
-from runtime.settings import Settings
-from runtime.telemetry import metrics_address, metrics_runtime, tracing_interceptors
-from runtime.tracing import StepflowTracingInterceptor, run_trace_id
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.connection import connect
+from stepflow.runtime.settings import Settings
+from stepflow.runtime.telemetry import metrics_address, metrics_runtime, tracing_interceptors
+from stepflow.runtime.tracing import StepflowTracingInterceptor, run_trace_id
+from stepflow.worker import WORKER_READY_LINE, WORKFLOWS, build_worker
+from stepflow.workflows.models import PipelineSpec, PipelineStatus, StepStatus
 from tests.conftest import TEST_TOOL_MODULES
 from tests.support.crash import stop_worker, wait_until
 from tests.support.helpers import agent, pipeline, step
@@ -44,8 +46,6 @@ from tests.support.processes import (
     stepflow_cli,
     wait_for_log,
 )
-from worker import WORKER_READY_LINE, WORKFLOWS, build_worker
-from workflows.models import PipelineSpec, PipelineStatus, StepStatus
 
 SECRET_INPUT = "the-confidential-brief-7f3a"
 SECRET_REPLY = "the-confidential-answer-91c2"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from runtime.devserver import temporal_binary
+from stepflow.runtime.devserver import temporal_binary
 from tests.support.processes import Completed, process_env
 
 PIPELINE_INPUT = {

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from client.api import StepflowClient
-from client.timeline import TimelineEvent, format_elapsed, format_lines
+from stepflow.client.api import StepflowClient
+from stepflow.client.timeline import TimelineEvent, format_elapsed, format_lines
+from stepflow.workflows import control
+from stepflow.workflows.control import StepRequest
 from tests.support.control_tools import (
     Gate,
     approval,
@@ -17,8 +19,6 @@ from tests.support.control_tools import (
     wait_step,
 )
 from tests.support.helpers import agent, pipeline, step
-from workflows import control
-from workflows.control import StepRequest
 
 
 def lines_of(timeline: list[TimelineEvent]) -> list[tuple[str, str]]:

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from activities.builtin import files
-from activities.builtin.files import (
+from stepflow.activities.builtin import files
+from stepflow.activities.builtin.files import (
     FileTooLarge,
     PathOutsideWorkspace,
     list_files,
@@ -31,15 +31,20 @@ from activities.builtin.files import (
     resolve_in_workspace,
     write_file,
 )
-from activities.builtin.http import HostNotAllowed, HttpUnavailable, InvalidUrl, ResponseTooLarge
-from activities.builtin.http import http_get as _http_get
-from activities.context import ToolError
-from activities.registry import ToolRegistrationError, tool
-from client.api import StepflowClient
+from stepflow.activities.builtin.http import (
+    HostNotAllowed,
+    HttpUnavailable,
+    InvalidUrl,
+    ResponseTooLarge,
+)
+from stepflow.activities.builtin.http import http_get as _http_get
+from stepflow.activities.context import ToolError
+from stepflow.activities.registry import ToolRegistrationError, tool
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
 from tests.support.tools import journal_read, journal_write
-from workflows.models import PipelineStatus, StepStatus
 
 # --- tools with limits of their own -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
+from stepflow.client.cli import main
 
 GOOD = """
 name: good

@@ -10,7 +10,18 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.converter import decode_typed_search_attributes
 
-from client.api import StepflowClient
+from stepflow.client.api import StepflowClient
+from stepflow.workflows.control import (
+    APPROVE,
+    PAUSE,
+    PIPELINE_ATTRIBUTE,
+    RESUME,
+    STATUS_ATTRIBUTE,
+    RunStatus,
+    StepRequest,
+)
+from stepflow.workflows.models import PipelineInput, PipelineStatus, StepStatus
+from stepflow.workflows.pipeline import PIPELINE_WORKFLOW
 from tests.support.control_tools import (
     Gate,
     approval,
@@ -26,17 +37,6 @@ from tests.support.control_tools import (
     wait_step,
 )
 from tests.support.helpers import agent, pipeline, step
-from workflows.control import (
-    APPROVE,
-    PAUSE,
-    PIPELINE_ATTRIBUTE,
-    RESUME,
-    STATUS_ATTRIBUTE,
-    RunStatus,
-    StepRequest,
-)
-from workflows.models import PipelineInput, PipelineStatus, StepStatus
-from workflows.pipeline import PIPELINE_WORKFLOW
 
 
 def unique_name(prefix: str) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from client.runs import RunSummary
-from client.watch import Seen
+from stepflow.client.runs import RunSummary
+from stepflow.client.watch import Seen
 
 
 def test_watch_trusts_temporal_for_a_closed_run_that_cannot_answer() -> None:

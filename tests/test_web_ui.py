@@ -33,12 +33,12 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.devserver import temporal_binary, tuned_flags
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.devserver import temporal_binary, tuned_flags
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
 from tests.support.helpers import agent, pipeline, step
-from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_SCRIPT = "tests/setup/install_chromium.sh"

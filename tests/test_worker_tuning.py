@@ -24,16 +24,16 @@ from temporalio.client import Client, ScheduleActionStartWorkflow
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from client.api import StepflowClient
-from client.schedules import PipelineSchedules
-from runtime.routing import RoutingError, has_pollers, served_queues
-from runtime.settings import Settings
+from stepflow.client.api import StepflowClient
+from stepflow.client.schedules import PipelineSchedules
+from stepflow.runtime.routing import RoutingError, has_pollers, served_queues
+from stepflow.runtime.settings import Settings
+from stepflow.worker import WORKER_READY_LINE, build_workers, load_settings
+from stepflow.workflows.models import PipelineInput, StepStatus
 from tests.conftest import TEST_TOOL_MODULES
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
 from tests.support.processes import ROOT, process_env, start_worker, wait_for_log
-from worker import WORKER_READY_LINE, build_workers, load_settings
-from workflows.models import PipelineInput, StepStatus
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from workflows.pipeline import INVALID_PIPELINE, PIPELINE_WORKFLOW
+from stepflow.workflows.pipeline import INVALID_PIPELINE, PIPELINE_WORKFLOW
 
 
 async def start_raw(

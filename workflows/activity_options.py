@@ -7,7 +7,7 @@ from typing import Any
 
 from temporalio.common import RetryPolicy
 
-from workflows.models import RetrySpec, TimeoutSpec
+from stepflow.workflows.models import RetrySpec, TimeoutSpec
 
 
 def retry_policy(retry: RetrySpec) -> RetryPolicy:

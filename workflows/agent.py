@@ -22,9 +22,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.activity_options import activity_options
-    from workflows.control import STEP_PROGRESS, StepProgress
-    from workflows.conversation import (
+    from stepflow.workflows.activity_options import activity_options
+    from stepflow.workflows.control import STEP_PROGRESS, StepProgress
+    from stepflow.workflows.conversation import (
         MAX_CONVERSATION_BYTES,
         conversation_size,
         first_user_message,
@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         tool_error,
         tool_result,
     )
-    from workflows.models import (
+    from stepflow.workflows.models import (
         AGENT_STEP_WORKFLOW,
         MODEL_CALL_ACTIVITY,
         AgentCarry,

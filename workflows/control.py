@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey
 
-from workflows.models import StepRecord, StepStatus, TokenUsage
+from stepflow.workflows.models import StepRecord, StepStatus, TokenUsage
 
 STATUS_QUERY = "status"
 PAUSE = "pause"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflows.models import ChatMessage
+from stepflow.workflows.models import ChatMessage
 
 INPUT_HEADER = "Input:\n"
 CONTEXT_HEADER = "\n\nOutput of step {step_id!r}:\n"

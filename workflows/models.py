@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from workflows.durations import PositiveDuration
+from stepflow.workflows.durations import PositiveDuration
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"

@@ -30,10 +30,10 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import requests
-    from workflows.activity_options import activity_options
-    from workflows.agent import AgentStepWorkflow
-    from workflows.control import (
+    from stepflow.workflows import requests
+    from stepflow.workflows.activity_options import activity_options
+    from stepflow.workflows.agent import AgentStepWorkflow
+    from stepflow.workflows.control import (
         APPROVE,
         CANCEL_STEP,
         INPUT,
@@ -50,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         StepProgress,
         StepRequest,
     )
-    from workflows.models import (
+    from stepflow.workflows.models import (
         AgentStep,
         AgentStepInput,
         AgentStepResult,
@@ -80,10 +80,10 @@ with workflow.unsafe.imports_passed_through():
         tool_call_retry,
         tool_call_timeout,
     )
-    from workflows.run_view import counts, details_markdown, live_status
-    from workflows.step_metrics import StepCounter
-    from workflows.templates import TemplateError, render
-    from workflows.validation import SpecError, check_pipeline
+    from stepflow.workflows.run_view import counts, details_markdown, live_status
+    from stepflow.workflows.step_metrics import StepCounter
+    from stepflow.workflows.templates import TemplateError, render
+    from stepflow.workflows.validation import SpecError, check_pipeline
 
 AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep
 

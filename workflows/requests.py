@@ -13,9 +13,9 @@ import jsonschema
 from jsonschema.exceptions import best_match
 from temporalio.exceptions import ApplicationError
 
-from workflows.models import ApprovalStep, InputStep, StepRecord, StepStatus
-from workflows.run_view import ACTIVE
-from workflows.validation import did_you_mean
+from stepflow.workflows.models import ApprovalStep, InputStep, StepRecord, StepStatus
+from stepflow.workflows.run_view import ACTIVE
+from stepflow.workflows.validation import did_you_mean
 
 REQUEST_REJECTED = "RequestRejected"
 

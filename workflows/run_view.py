@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta
 
-from workflows.control import RunStatus
-from workflows.models import StepRecord, StepStatus
+from stepflow.workflows.control import RunStatus
+from stepflow.workflows.models import StepRecord, StepStatus
 
 ACTIVE = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
 """A step in one of these has not ended yet."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from temporalio import workflow
 from temporalio.common import MetricCounter
 
-from workflows.models import StepRecord, StepStatus
+from stepflow.workflows.models import StepRecord, StepStatus
 
 STEPS_METRIC = "stepflow_steps_total"
 

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 from pydantic import TypeAdapter, ValidationError
 
-from workflows.models import (
+from stepflow.workflows.models import (
     AgentStep,
     ApprovalStep,
     InputStep,
@@ -24,7 +24,7 @@ from workflows.models import (
     Step,
     ToolStep,
 )
-from workflows.templates import TemplateError, iter_references
+from stepflow.workflows.templates import TemplateError, iter_references
 
 
 @dataclass(frozen=True)

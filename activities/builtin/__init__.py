@@ -8,6 +8,6 @@
   `STEPFLOW_HTTP_ALLOW_HOSTS`.
 """
 
-from activities.builtin import files, http, transforms
+from stepflow.activities.builtin import files, http, transforms
 
 __all__ = ["files", "http", "transforms"]

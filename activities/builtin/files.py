@@ -30,9 +30,9 @@ from typing import Annotated, Any, BinaryIO, Literal
 
 from pydantic import Field
 
-from activities.context import ToolError
-from activities.registry import get_tool, tool
-from runtime.settings import get_settings
+from stepflow.activities.context import ToolError
+from stepflow.activities.registry import get_tool, tool
+from stepflow.runtime.settings import get_settings
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)

@@ -22,9 +22,9 @@ from typing import Annotated, Any
 import httpx
 from pydantic import Field
 
-from activities.context import ToolError
-from activities.registry import tool
-from runtime.settings import get_settings
+from stepflow.activities.context import ToolError
+from stepflow.activities.registry import tool
+from stepflow.runtime.settings import get_settings
 
 MAX_REDIRECTS = 5
 USER_AGENT = "stepflow-http-get"

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from activities.context import ToolError
-from activities.registry import tool
+from stepflow.activities.context import ToolError
+from stepflow.activities.registry import tool
 
 
 class InvalidJson(ToolError):

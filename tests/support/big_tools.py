@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from activities import tool
+from stepflow.activities import tool
 from tests.support.tools import journal_write
 
 

@@ -30,9 +30,9 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
-from activities import tool, tool_context
+from stepflow.activities import tool, tool_context
+from stepflow.workflows.control import STATUS_QUERY, PipelineState
 from tests.support.tools import journal_read, journal_write
-from workflows.control import STATUS_QUERY, PipelineState
 
 CONTROL_TOOL_MODULES = "tests.support.tools,tests.support.control_tools"
 """STEPFLOW_TOOL_MODULES for the control tests' workers."""

@@ -18,10 +18,10 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from client.api import StepflowClient
-from runtime.devserver import dev_server_args, is_listening, temporal_binary
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.devserver import dev_server_args, is_listening, temporal_binary
+from stepflow.workflows.models import PipelineResult
 from tests.support.tools import journal_read
-from workflows.models import PipelineResult
 
 
 def free_port() -> int:

@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from temporalio.client import Client, WorkflowHistory
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from runtime.codec_server import CodecServer, build_codec_server
-from runtime.payload_storage import stepflow_data_converter
-from runtime.settings import Settings
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.runtime.codec_server import CodecServer, build_codec_server
+from stepflow.runtime.payload_storage import stepflow_data_converter
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
+from stepflow.workflows.models import PipelineSpec
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
-from worker import build_worker
-from workflows.models import PipelineSpec
 
 OLD_KEY = base64.b64encode(b"o" * 32).decode()
 NEW_KEY = base64.b64encode(b"n" * 32).decode()

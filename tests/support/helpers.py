@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflows.models import PipelineSpec
+from stepflow.workflows.models import PipelineSpec
 
 
 def pipeline(*steps: dict[str, Any], **fields: Any) -> PipelineSpec:

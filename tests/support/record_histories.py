@@ -33,15 +33,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
-from activities.registry import load_tool_modules
-from client.api import StepflowClient
-from client.loading import load_spec_file
-from runtime.devserver import continue_as_new_early, start_ephemeral_environment
-from runtime.settings import Settings
-from tests.support.helpers import agent, pipeline, step
-from tests.support.model_server import ScriptedModelServer, json_answer, text, tool_calls
-from worker import build_worker
-from workflows.control import (
+from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
+from stepflow.client.loading import load_spec_file
+from stepflow.runtime.devserver import continue_as_new_early, start_ephemeral_environment
+from stepflow.runtime.settings import Settings
+from stepflow.worker import build_worker
+from stepflow.workflows.control import (
     APPROVE,
     CANCEL_STEP,
     INPUT,
@@ -52,7 +50,9 @@ from workflows.control import (
     StepInput,
     StepRequest,
 )
-from workflows.models import PipelineSpec
+from stepflow.workflows.models import PipelineSpec
+from tests.support.helpers import agent, pipeline, step
+from tests.support.model_server import ScriptedModelServer, json_answer, text, tool_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 HISTORIES = ROOT / "tests" / "histories"

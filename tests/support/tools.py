@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from activities import ToolError, tool, tool_context
+from stepflow.activities import ToolError, tool, tool_context
 
 
 def journal_write(journal: str, event: str, **fields: Any) -> None:
