@@ -1,0 +1,192 @@
+"""Stepflow's error catalogue: every error type, its retry rule, and how a failure ends a step.
+
+An error type is the `type` of the `ApplicationError` that carries it through
+Temporal, and the `error_type` of the step record that ends with it. Whether
+Temporal retries it is decided here, once: `ErrorType.X.error(message)` builds
+the exception with the right `non_retryable` flag, in activities and workflows
+alike.
+
+`activity_failure` and `child_failure` turn what Temporal reports about a
+finished activity or child workflow into a `StepFailure`: the step's status,
+message, error type and attempts. Pure code: imported in the workflow sandbox.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    RetryState,
+)
+from temporalio.exceptions import TimeoutError as TemporalTimeout
+
+from stepflow.workflows.models import RetrySpec, StepStatus
+
+
+class ErrorType(StrEnum):
+    """Every error type Stepflow raises. The value is what history and step records show."""
+
+    # The pipeline and its run.
+    INVALID_PIPELINE = "InvalidPipeline"
+    """The spec or its inputs fail validation: the run fails before any step starts."""
+    PIPELINE_FAILED = "PipelineFailed"
+    """A step with `on_failure: fail` failed for good; the details hold the `PipelineResult`."""
+    INVALID_REFERENCE = "InvalidReference"
+    """A template names something the step cannot see."""
+    REQUEST_REJECTED = "RequestRejected"
+    """A control request (update) that makes no sense now: refused before it reaches history."""
+    REJECTED = "Rejected"
+    """An approval step was rejected."""
+    CANCELLED = "Cancelled"
+    """A step was cancelled on request."""
+    TIMEOUT = "Timeout"
+    """An activity, a model call or a person ran out of time."""
+
+    # Agent steps.
+    MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
+    OUTPUT_SCHEMA_MISMATCH = "OutputSchemaMismatch"
+    CONVERSATION_TOO_LARGE = "ConversationTooLarge"
+
+    # Model calls.
+    MODEL_RATE_LIMITED = "ModelRateLimited"
+    MODEL_SERVER_ERROR = "ModelServerError"
+    MODEL_TIMEOUT = "ModelTimeout"
+    MODEL_CONNECTION_ERROR = "ModelConnectionError"
+    MODEL_REPLY_INVALID = "ModelReplyInvalid"
+    """A reply that is not valid Chat Completions JSON: the next attempt may do better."""
+    MODEL_REQUEST_REJECTED = "ModelRequestRejected"
+    """The API refused the request itself (bad key, bad request): no retry can fix it."""
+    MODEL_NOT_CONFIGURED = "ModelNotConfigured"
+    MODEL_CALL_MISROUTED = "ModelCallMisrouted"
+    INVALID_OUTPUT_SCHEMA = "InvalidOutputSchema"
+
+    # Tool calls.
+    TOOL_ARGUMENTS_INVALID = "ToolArgumentsInvalid"
+    TOOL_OUTPUT_NOT_SERIALIZABLE = "ToolOutputNotSerializable"
+    TOOL_REQUEST_TOO_LARGE = "ToolRequestTooLarge"
+    TOOL_OUTPUT_TOO_LARGE = "ToolOutputTooLarge"
+
+    # Large payloads.
+    OUTPUT_TOO_LARGE = "OutputTooLarge"
+    PAYLOAD_STORE_FAILED = "PayloadStoreFailed"
+    """The payload store refused the value for good (denied, no such bucket)."""
+    PAYLOAD_STORE_UNAVAILABLE = "PayloadStoreUnavailable"
+    """The payload store failed for now (a 503, a dropped connection): the next attempt may work."""
+
+    @property
+    def retryable(self) -> bool:
+        """Whether Temporal should try again after an activity failed with this type."""
+        return self in _RETRYABLE
+
+    def error(
+        self, message: str, *details: Any, next_retry_delay: timedelta | None = None
+    ) -> ApplicationError:
+        """The exception that carries this type through Temporal, with its retry rule."""
+        return ApplicationError(
+            message,
+            *details,
+            type=self.value,
+            non_retryable=not self.retryable,
+            next_retry_delay=next_retry_delay,
+        )
+
+
+_RETRYABLE = frozenset(
+    {
+        ErrorType.MODEL_RATE_LIMITED,
+        ErrorType.MODEL_SERVER_ERROR,
+        ErrorType.MODEL_TIMEOUT,
+        ErrorType.MODEL_CONNECTION_ERROR,
+        ErrorType.MODEL_REPLY_INVALID,
+        ErrorType.PAYLOAD_STORE_UNAVAILABLE,
+    }
+)
+
+_STATUS_OF = {ErrorType.TIMEOUT: StepStatus.TIMED_OUT, ErrorType.CANCELLED: StepStatus.CANCELLED}
+"""Error types that end a step in a status of their own; every other one ends it FAILED."""
+
+
+def status_of(error_type: str) -> StepStatus:
+    """The status a step ends in when it fails with `error_type`."""
+    return _STATUS_OF.get(error_type, StepStatus.FAILED)  # type: ignore[call-overload]
+
+
+class StepFailure(Exception):
+    """A step failed for good: what its record needs."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        attempts: int = 1,
+        agent: dict[str, Any] | None = None,
+        status: StepStatus | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+        self.status = status or status_of(error_type)
+        self.agent = agent or {}
+        """An agent step's model, usage and tool calls up to the failure."""
+
+
+def timeout_message(err: TemporalTimeout) -> str:
+    """`start-to-close timeout`, `heartbeat timeout`, ...: which of the timeouts fired."""
+    kind = err.type.name.lower().replace("_", "-") if err.type else "activity"
+    return f"{kind} timeout"
+
+
+def activity_failure(err: ActivityError, retry: RetrySpec | None = None) -> StepFailure:
+    """An activity's final failure as a step failure; attempts from the failure or the policy.
+
+    A cancelled activity is not a failure of the step: the caller handles `CancelledError`
+    causes before calling this.
+    """
+    cause = err.cause
+    attempts = 1
+    if isinstance(cause, TemporalTimeout):
+        failure = StepFailure(ErrorType.TIMEOUT, timeout_message(cause))
+    elif isinstance(cause, ApplicationError):
+        failure = StepFailure(cause.type or "Error", cause.message)
+        details = cause.details
+        if details and isinstance(details[0], dict) and "attempt" in details[0]:
+            attempts = int(details[0]["attempt"])
+    else:
+        failure = StepFailure(type(cause or err).__name__, str(cause or err))
+    if (
+        err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED
+        and retry is not None
+        and retry.max_attempts
+    ):
+        attempts = retry.max_attempts
+    failure.attempts = attempts
+    return failure
+
+
+def child_failure(err: ChildWorkflowError) -> StepFailure:
+    """A child workflow's failure (an agent step) as a step failure.
+
+    The child fails with an `ApplicationError` whose type is from this catalogue
+    and whose first detail, when it is a dict, holds the agent's model, usage and
+    tool calls so far.
+    """
+    cause = err.cause
+    if isinstance(cause, CancelledError):
+        return StepFailure(ErrorType.CANCELLED, "the agent step was cancelled")
+    if isinstance(cause, ApplicationError):
+        details = cause.details[0] if cause.details else None
+        return StepFailure(
+            cause.type or "Error",
+            cause.message,
+            agent=details if isinstance(details, dict) else None,
+        )
+    if isinstance(cause, TemporalTimeout):
+        return StepFailure(ErrorType.TIMEOUT, f"agent step: {timeout_message(cause)}")
+    return StepFailure(type(cause or err).__name__, str(cause or err))
