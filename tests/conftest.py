@@ -20,8 +20,12 @@ from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer
 
+pytest_plugins = ["tests.support.deadline"]
+
 TEST_TOOL_MODULES = "tests.support.tools,tests.support.control_tools,tests.support.big_tools"
 """The test tools every worker serves: general ones, and the gates the run-control tests hold."""
+TEST_SCHEMA_MODULES = "tests.support.schemas"
+"""The output models tests name by import path (`output_schema: tests.support.schemas:Verdict`)."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,6 +38,12 @@ def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def trusted_test_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers and `stepflow validate` in every test may import the test output models."""
+    monkeypatch.setenv("STEPFLOW_SCHEMA_MODULES", TEST_SCHEMA_MODULES)
 
 
 @pytest.fixture(scope="session")

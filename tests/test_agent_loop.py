@@ -6,7 +6,6 @@ server on 127.0.0.1; every tool call is a real activity on the real server.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -17,6 +16,7 @@ from stepflow.workflows.models import StepStatus
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, ToolCall, hang, text, tool_calls
 from tests.support.tools import journal_read
+from tests.support.waiting import wait_until
 
 FAST_RETRY = {"initial_interval": "100ms", "max_attempts": 2}
 
@@ -184,8 +184,7 @@ async def test_cancelling_one_agent_step_from_outside_is_that_steps_failure(
     )
     run = await stepflow.start_pipeline(spec)
     # The model server runs in threads: poll what it has seen until the call is under way.
-    while not model_server.requests:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: model_server.requests, "the slow step's model call to arrive")
     await temporal_client.get_workflow_handle(f"{run.workflow_id}/slow").cancel()
     result = await stepflow.get_result(run.workflow_id)
 

@@ -71,16 +71,18 @@ async def test_status_and_control_requests(
     assert "sign" in await rejected(stepflow.approve(run.workflow_id, "sign"))  # not waiting yet
     assert "nope" in await rejected(stepflow.reject(run.workflow_id, "nope"))
     answer = await stepflow.give_input(run.workflow_id, "budget", 1200)
-    assert isinstance(answer, str) and answer.strip() and "\n" not in answer
+    assert answer == "gave input to step 'budget'"
 
     await wait_step(handle, "sign", "WAITING")
     await stepflow.cancel_step(run.workflow_id, "extra", comment="not needed")
-    assert await stepflow.pause(run.workflow_id)
+    assert await stepflow.pause(run.workflow_id) == (
+        "paused: no new step starts; running steps finish"
+    )
     assert "already paused" in await rejected(stepflow.pause(run.workflow_id))
     await stepflow.approve(run.workflow_id, "sign", comment="ok")
     await wait_step(handle, "sign", "SUCCEEDED")
     assert (await stepflow.status(run.workflow_id)).step("work").status is StepStatus.PENDING
-    assert await stepflow.resume(run.workflow_id)
+    assert await stepflow.resume(run.workflow_id) == "resumed"
     assert "paused" in await rejected(stepflow.resume(run.workflow_id))
     await wait_started(journal, "work")
     gate.open()

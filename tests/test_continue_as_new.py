@@ -25,6 +25,7 @@ from stepflow.workflows.control import PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, Run
 from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.control_tools import (
     Gate,
+    accepted_update_ids,
     approval,
     eventually,
     gate_step,
@@ -377,7 +378,7 @@ async def test_cancelling_an_agent_step_reaches_its_continued_run(
     assert result.step("independent").status is StepStatus.SUCCEEDED
 
 
-async def test_updates_racing_continue_as_new_are_all_answered(
+async def test_updates_sent_all_through_a_chain_of_runs_are_each_answered_once(
     worker: None, stepflow: StepflowClient, temporal_client: Client, journal: str, tmp_path: Path
 ) -> None:
     gate = Gate(journal, tmp_path, "end")
@@ -400,4 +401,18 @@ async def test_updates_racing_continue_as_new_are_all_answered(
     assert set(answers[::2]) == {"paused: no new step starts; running steps finish"}
     assert set(answers[1::2]) == {"resumed"}
     assert set(starts_by_step(journal).values()) == {1}
-    assert len(await run_chain(temporal_client, run.workflow_id)) >= 4
+    runs = await run_chain(temporal_client, run.workflow_id)
+    assert len(runs) >= 4
+    # Each update was accepted exactly once, by whichever run of the chain was current, and
+    # the updates spread over several runs: the hand-overs happened while they were coming.
+    accepted = [
+        accepted_update_ids(
+            (
+                await temporal_client.get_workflow_handle(run.workflow_id, run_id=r).fetch_history()
+            ).events
+        )
+        for r in runs
+    ]
+    ids = [update_id for per_run in accepted for update_id in per_run]
+    assert len(ids) == len(set(ids)) == len(answers)
+    assert sum(1 for per_run in accepted if per_run) >= 2, [len(a) for a in accepted]

@@ -284,7 +284,9 @@ def test_dockerfile_installs_the_project_and_runs_the_worker_unprivileged() -> N
     }
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     # The one package, `stepflow`, and the root folders its subpackages link to.
-    packages = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = {
+        p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
     linked = {p.name for p in (ROOT / "stepflow").iterdir() if p.is_symlink()}
     assert packages == {"stepflow"} and {"workflows", "worker.py"} <= linked
     needed = packages | linked | {"pyproject.toml", project["project"]["readme"]}

@@ -161,11 +161,13 @@ async def test_hang_times_out_and_stop_is_prompt(
     started = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         await ask(client, timeout=0.5)
-    assert time.monotonic() - started < 2
+    # The client's timeout ended the call, not the 30 s hang: far below it on any machine.
+    assert time.monotonic() - started < 10
 
     stopping = time.monotonic()
     server.stop()
-    assert time.monotonic() - stopping < 1
+    # Stopping does not wait out the hanging reply.
+    assert time.monotonic() - stopping < 10
     assert len(server.requests) == 1
 
 
@@ -184,11 +186,13 @@ async def test_delayed_replies_overlap(
 ) -> None:
     server.play(text("a", delay=0.3), text("b", delay=0.3))
 
-    started = time.monotonic()
     answers = await asyncio.gather(ask(client, "one"), ask(client, "two"))
 
-    assert time.monotonic() - started < 0.55  # serially it would take 0.6 s
     assert sorted(a.choices[0].message.content or "" for a in answers) == ["a", "b"]
+    # A server that answered one request at a time would read the second only after the
+    # first's 0.3 s delay; here it read both while the first was still being delayed.
+    first, second = sorted(server.requests, key=lambda r: r.received_at)
+    assert second.received_at - first.received_at < 0.3
 
 
 async def test_callable_replies_see_the_request(

@@ -10,13 +10,14 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
+from stepflow.activities.model_endpoint import resolve_endpoint
 from stepflow.activities.offline_model import (
-    OFFLINE_MODEL,
     REPAIR_PREFIX,
     estimate_tokens,
     offline_completion,
     synthesize,
 )
+from stepflow.runtime.settings import Settings
 from stepflow.workflows import models
 
 
@@ -81,8 +82,12 @@ def assert_valid(value: Any, schema: dict[str, Any]) -> None:
     assert errors == [], (value, errors)
 
 
-def test_offline_model_name_is_the_shared_one() -> None:
-    assert OFFLINE_MODEL == models.OFFLINE_MODEL == "offline"
+def test_offline_model_name_is_the_shared_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A step that names the shared constant gets the built-in model, even with a real key set.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    settings = Settings(default_model="gpt-test")
+    assert resolve_endpoint(models.OFFLINE_MODEL, settings).offline
+    assert not resolve_endpoint(None, settings).offline
 
 
 # ---------------------------------------------------------------------------
@@ -449,8 +454,16 @@ def test_synthesize_follows_refs_and_stops_recursion() -> None:
     ],
 )
 def test_synthesize_does_not_raise_on_schemas_it_cannot_satisfy(schema: dict[str, Any]) -> None:
-    synthesize(schema, {"a": 1}, "text")
-    offline_completion(chat("x", "Input:\ny"), [tool("t", schema)], schema)
+    value = synthesize(schema, {"a": 1}, "text")
+    json.dumps(value)  # a JSON value, even where it cannot match the schema
+
+    reply = offline_completion(chat("x", "Input:\ny"), [tool("t", schema)], schema)
+
+    # A well-formed final answer the repair loop can check: JSON text, tokens counted.
+    assert reply["finish_reason"] == "stop"
+    json.loads(reply["message"]["content"])
+    usage = reply["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
 
 
 # ---------------------------------------------------------------------------

@@ -473,7 +473,7 @@ async def test_updates_accepted_as_the_last_steps_end_all_get_their_answer(
     )
 
 
-async def test_a_cancel_racing_the_last_step_to_its_end_still_gets_an_answer(
+async def test_a_cancel_racing_the_last_step_is_answered_or_refused_and_history_agrees(
     worker: None, stepflow: StepflowClient, temporal_client: Client, journal: str, tmp_path: Path
 ) -> None:
     gate = Gate(journal, tmp_path, "last")
