@@ -59,6 +59,7 @@ from stepflow.client.loading import check_spec, load_spec_file
 from stepflow.client.render import print_result
 from stepflow.client.schedule_commands import add_schedule_commands
 from stepflow.client.schedules import ScheduleError, ScheduleNotFound
+from stepflow.client.unserved import warn_while_unserved
 from stepflow.runtime import devserver, exit_now
 from stepflow.runtime.connection import ConnectionFailed
 from stepflow.runtime.encryption import EncryptionError
@@ -92,10 +93,15 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 async def _wait_for_result(
     client: StepflowClient, workflow_id: str, run_id: str | None
 ) -> PipelineResult:
-    if not err.is_terminal:
-        return await client.get_result(workflow_id, run_id)
-    with err.status(f"waiting for {workflow_id} (Ctrl-C stops waiting; the run goes on)"):
-        return await client.get_result(workflow_id, run_id)
+    # A run nobody serves waits silently in Temporal: say so, and what to start.
+    watcher = asyncio.create_task(warn_while_unserved(client.temporal, workflow_id, err.print))
+    try:
+        if not err.is_terminal:
+            return await client.get_result(workflow_id, run_id)
+        with err.status(f"waiting for {workflow_id} (Ctrl-C stops waiting; the run goes on)"):
+            return await client.get_result(workflow_id, run_id)
+    finally:
+        watcher.cancel()
 
 
 async def cmd_run(args: argparse.Namespace) -> int:

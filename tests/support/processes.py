@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def process_env(target_host: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "STEPFLOW_"))}
     env.update(
+        {"STEPFLOW_SCHEMA_MODULES": "tests.support.schemas"},  # as tests/conftest.py trusts
         TEMPORAL_ADDRESS=target_host,
         TEMPORAL_NAMESPACE="default",
         STEPFLOW_LOG_FORMAT="json",
@@ -37,7 +38,7 @@ async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Pro
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from client.cli import entry; entry()",
+        "from stepflow.client.cli import entry; entry()",
         *args,
         cwd=ROOT,
         env=env,
