@@ -30,7 +30,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from stepflow.client.loading import check_spec, load_spec_file
@@ -66,6 +66,10 @@ class PipelineError(RuntimeError):
 
 class RunNotFound(LookupError):
     """No run with that workflow id in this namespace."""
+
+
+class RunAlreadyStarted(RuntimeError):
+    """A run with the requested workflow id is still running; ids are unique among open runs."""
 
 
 class ControlRejected(RuntimeError):
@@ -175,6 +179,7 @@ class StepflowClient:
 
         Raises:
             workflows.validation.SpecError: the pipeline or inputs are invalid; nothing started.
+            RunAlreadyStarted: a run with `workflow_id` is still running.
         """
         spec = load_pipeline(pipeline)
         resolved = resolve_inputs(spec, inputs or {})
@@ -197,17 +202,23 @@ class StepflowClient:
                 static_summary=f"pipeline {spec.name}",
             )
 
-        if self._attributes_registered:
-            try:
-                handle = await start(stepflow_attributes(spec.name))
-            except RPCError as err:
-                if not attributes_unregistered(err):
-                    raise
-                warn_unregistered(err)
-                self._attributes_registered = False
+        try:
+            if self._attributes_registered:
+                try:
+                    handle = await start(stepflow_attributes(spec.name))
+                except RPCError as err:
+                    if not attributes_unregistered(err):
+                        raise
+                    warn_unregistered(err)
+                    self._attributes_registered = False
+                    handle = await start(None)
+            else:
                 handle = await start(None)
-        else:
-            handle = await start(None)
+        except WorkflowAlreadyStartedError:
+            raise RunAlreadyStarted(
+                f"a run with id {workflow_id!r} is still running: choose another id, "
+                f"or wait for it (stepflow result {workflow_id})"
+            ) from None
         await warn_unserved(self.temporal, spec, routing)
         run_id = handle.result_run_id or ""
         return PipelineRun(workflow_id, run_id, self.ui_url(workflow_id, run_id))

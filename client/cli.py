@@ -42,7 +42,13 @@ from pydantic_settings import SettingsError
 from temporalio.service import RPCError
 
 from stepflow.activities.registry import load_tool_modules
-from stepflow.client.api import ControlRejected, PipelineError, RunNotFound, StepflowClient
+from stepflow.client.api import (
+    ControlRejected,
+    PipelineError,
+    RunAlreadyStarted,
+    RunNotFound,
+    StepflowClient,
+)
 from stepflow.client.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -226,6 +232,7 @@ def _one_line_errors(
     except (
         UsageError,
         RunNotFound,
+        RunAlreadyStarted,
         ControlRejected,
         ScheduleError,
         ScheduleNotFound,

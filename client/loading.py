@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from stepflow.activities.output_schema import OutputSchemaError, resolve_output_schema
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
+from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.settings import get_settings
 from stepflow.workflows.models import AgentStep, PipelineSpec, ToolStep
 from stepflow.workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
@@ -68,18 +68,11 @@ def load_spec_file(path: str | Path) -> PipelineSpec:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = read_yaml_file(path)
     except OSError as err:
         raise SpecError([SpecIssue(f"cannot read {path}: {err.strerror}")]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(err, "problem", None) or str(err)
-        raise SpecError([SpecIssue(f"{path} is not valid YAML{where}: {problem}")]) from None
+    except YamlProblem as err:
+        raise SpecError([SpecIssue(f"{path} {err}")]) from None
     return parse_spec(raw)
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "PipelineResult",
     "PipelineRun",
     "PipelineSpec",
+    "RunAlreadyStarted",
     "RunNotFound",
     "StepflowClient",
     "ToolContext",
@@ -34,6 +35,7 @@ _WHERE = {
     "ControlRejected": "stepflow.client.api",
     "PipelineError": "stepflow.client.api",
     "PipelineRun": "stepflow.client.api",
+    "RunAlreadyStarted": "stepflow.client.api",
     "RunNotFound": "stepflow.client.api",
     "StepflowClient": "stepflow.client.api",
     "PipelineResult": "stepflow.workflows.models",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         ControlRejected,
         PipelineError,
         PipelineRun,
+        RunAlreadyStarted,
         RunNotFound,
         StepflowClient,
     )

@@ -6,13 +6,16 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.activities.registry import load_tool_modules
+from stepflow.client.cli import main
+from stepflow.client.yaml_reader import read_yaml_file
 from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
-from tests.support.processes import cli_process, process_env
+from tests.support.processes import cli_process, ok, one_error_line, process_env, stepflow_cli
 
 PIPELINE = """
 name: first-hour
@@ -59,3 +62,77 @@ async def test_run_says_within_seconds_that_no_worker_serves_its_queue_and_goes_
         stdout, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, "".join(lines)
     assert "SUCCEEDED" in stdout.decode()
+
+
+async def test_starting_a_second_run_with_a_running_runs_id_is_one_line(
+    worker: None, temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "wait.yaml"
+    path.write_text("name: waits\nsteps:\n  - {id: ok, kind: approval}\n")
+    env = process_env(
+        temporal_env.client.service_client.config.target_host,
+        STEPFLOW_TASK_QUEUE=task_queue,
+        STEPFLOW_TOOL_MODULES="tests.support.tools",
+    )
+    ok(await stepflow_cli(env, "run", str(path), "--id", "twice", "--no-wait"))
+
+    again = await stepflow_cli(env, "run", str(path), "--id", "twice")
+
+    one_error_line(again, "'twice' is still running", "stepflow result twice")
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param(b'name: x\ndescription: "caf\xe9"\nsteps: []\n', "is not UTF-8", id="latin-1"),
+        pytest.param(
+            b"name: x\nsteps: []\nname: y\n",
+            "line 3, column 1: the key 'name' is written twice (first at line 1)",
+            id="duplicate-key",
+        ),
+        pytest.param(
+            b"name: x\nsteps:\n  - id: a\n    kind: tool\n    tool: echo\n    kind: agent\n",
+            "the key 'kind' is written twice",
+            id="duplicate-key-in-a-step",
+        ),
+        pytest.param(b"a: " + b"[" * 5000 + b"]" * 5000, "nested more than 100", id="deep"),
+        pytest.param(BILLION_LAUGHS.encode(), "expands to more than 200,000", id="alias-bomb"),
+        pytest.param(b"a: &a [1, *a]\n", "refers to the value that contains it", id="recursive"),
+        pytest.param(b"x" * (11 * 1024 * 1024), "is over 10 MB", id="huge"),
+    ],
+)
+def test_validate_refuses_unsafe_yaml_fast_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(content)
+    started = time.monotonic()
+
+    code = main(["validate", str(path)])
+
+    took = time.monotonic() - started
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: "), lines
+    assert expected in lines[0] and len(lines[0]) < 400, lines[0]
+    assert took < 5, took  # refused before building anything from the file
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: merged\ndefaults_: &d {kind: tool, tool: echo}\n"
+        "steps:\n  - {<<: *d, id: a}\n  - {<<: *d, id: b, depends_on: [a]}\n"
+    )
+    assert read_yaml_file(path)["steps"][1] == {
+        "kind": "tool",
+        "tool": "echo",
+        "id": "b",
+        "depends_on": ["a"],
+    }
