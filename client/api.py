@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from stepflow.client.loading import check_spec, load_spec_file
 from stepflow.client.runs import (
     RunSummary,
     attributes_unregistered,
+    chain_memo,
     list_query,
     run_summary,
     stepflow_attributes,
@@ -197,7 +198,11 @@ class StepflowClient:
                 ),
                 id=workflow_id,
                 task_queue=task_queue or self.settings.task_queue,
-                memo={"pipeline": spec.name, "description": spec.description or ""},
+                memo={
+                    "pipeline": spec.name,
+                    "description": spec.description or "",
+                    **chain_memo(datetime.now(UTC)),
+                },
                 search_attributes=attributes,
                 static_summary=f"pipeline {spec.name}",
             )

@@ -9,6 +9,7 @@ from Temporal's execution status, a running one's from the attribute.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -77,12 +78,16 @@ class RunSummary:
 
 
 async def run_summary(execution: WorkflowExecution) -> RunSummary:
-    """A `RunSummary` from a listed or described execution."""
+    """A `RunSummary` from a listed or described execution.
+
+    A run that continued as new is one run to its user: its start time is the
+    chain's (the memo's `started_at`, which every run of the chain carries).
+    """
     attributes = execution.typed_search_attributes
     stepflow_status = attributes.get(control.STATUS_ATTRIBUTE)
     pipeline = attributes.get(control.PIPELINE_ATTRIBUTE)
+    memo = await execution.memo()
     if pipeline is None:  # started without search attributes: the memo has it
-        memo = await execution.memo()
         pipeline = memo.get("pipeline") if isinstance(memo.get("pipeline"), str) else None
     execution_status = execution.status or WorkflowExecutionStatus.RUNNING
     if execution_status is WorkflowExecutionStatus.RUNNING:
@@ -96,9 +101,24 @@ async def run_summary(execution: WorkflowExecution) -> RunSummary:
         status=status,
         stepflow_status=stepflow_status,
         execution_status=execution_status.name,
-        start_time=execution.start_time,
+        start_time=_chain_start(memo) or execution.start_time,
         close_time=execution.close_time,
     )
+
+
+def chain_memo(started_at: datetime) -> dict[str, Any]:
+    """What the client adds to a run's memo so listings show its chain's start."""
+    return {"started_at": started_at.isoformat()}
+
+
+def _chain_start(memo: Mapping[str, Any]) -> datetime | None:
+    value = memo.get("started_at")
+    if not isinstance(value, str):
+        return None  # started by an older client, a schedule or the temporal CLI
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def stepflow_attributes(pipeline: str) -> TypedSearchAttributes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,15 @@ async def test_a_pipeline_far_past_the_limit_continues_as_new_invisibly(
         lambda found: [r.workflow_id for r in found].count(run.workflow_id) == 1,
         "the run listed once",
     )
-    assert next(r for r in listed if r.workflow_id == run.workflow_id).status == "SUCCEEDED"
+    summary = next(r for r in listed if r.workflow_id == run.workflow_id)
+    assert summary.status == "SUCCEEDED"
+    # Listed and described, the run started when its chain did (the client's clock, as it
+    # started it), not when its last run did.
+    first = await temporal_client.get_workflow_handle(run.workflow_id, run_id=runs[0]).describe()
+    assert summary.start_time and first.start_time and first.close_time
+    assert abs(summary.start_time - first.start_time) < timedelta(seconds=1)
+    assert summary.start_time < first.close_time <= described.start_time
+    assert (await stepflow.describe(run.workflow_id)).start_time == summary.start_time
 
 
 @pytest.mark.parametrize("store", ["local", "off"])
