@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stepflow.activities.output_schema import OutputSchemaError, resolve_output_schema
+from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, resolve_output_schema
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.settings import get_settings
@@ -114,7 +114,7 @@ def _agent_issues(step: AgentStep, known: list[str]) -> list[SpecIssue]:
     if step.output_schema is not None:
         try:
             resolve_output_schema(step.output_schema)
-        except OutputSchemaError as err:
+        except (OutputSchemaError, UnsafeSchema) as err:
             issues.append(SpecIssue(str(err), step.id, "output_schema"))
     return issues
 
@@ -125,6 +125,6 @@ def check_spec(spec: PipelineSpec) -> None:
     Raises:
         SpecError: listing every issue.
     """
-    issues = structural_issues(spec) + tool_issues(spec)
+    issues = list(dict.fromkeys(structural_issues(spec) + tool_issues(spec)))  # each once
     if issues:
         raise SpecError(issues)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stepflow.workflows.durations import PositiveDuration
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -60,9 +63,26 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated modules to import for their @tool functions.",
     )
+    import_path: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories to import tool modules from, separated like PYTHONPATH "
+        "(`:`); `.` is the directory the worker or command starts in. Default: none, not even "
+        "the current directory.",
+    )
+    schema_modules: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated modules (with the modules inside them) that "
+        "`output_schema: package.module:Model` may import, besides the tool modules.",
+    )
     home: Path = Field(
         default=Path(".stepflow"),
         description="Local state: the dev server's SQLite file, logs, pid files.",
+    )
+    dev_sqlite_synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="How a file-backed dev server's commits reach the disk: normal (a killed "
+        "server loses nothing; a power loss may lose the last commits) or full (every commit "
+        "waits for the disk: nothing lost to a power loss, each step slower).",
     )
     workspace: Path = Field(
         default=Path(".stepflow/workspace"),
@@ -302,8 +322,21 @@ class Settings(BaseSettings):
         default=None,
         description="The bucket of the S3 payload store (credentials, region, endpoint: AWS_*).",
     )
+    payload_retention: PositiveDuration = Field(
+        default=timedelta(days=30),
+        description="How long `stepflow payloads prune` keeps a stored payload that no open "
+        "run uses, after it was last stored: 30d, 12h... (longer than the namespace's retention "
+        "if finished runs' results must stay readable).",
+    )
 
-    @field_validator("tool_modules", "http_allow_hosts", mode="before")
+    @field_validator("import_path", mode="before")
+    @classmethod
+    def _split_path(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("tool_modules", "schema_modules", "http_allow_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

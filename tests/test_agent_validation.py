@@ -83,8 +83,10 @@ def test_a_good_agent_pipeline_is_valid(tmp_path: Path, capsys: pytest.CaptureFi
             id="bad-model-path",
         ),
         pytest.param(
-            "- {id: a, kind: agent, instructions: x, output_schema: 'no_such_module:Model'}",
-            "cannot import 'no_such_module'",
+            # Inside a trusted module (tests/conftest.py), so the import is tried.
+            "- {id: a, kind: agent, instructions: x, output_schema: 'tests.support.schemas.x:M'}",
+            "step 'a': output_schema: output_schema 'tests.support.schemas.x:M': cannot import "
+            "'tests.support.schemas.x'",
             id="unimportable-model",
         ),
         pytest.param(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import jsonschema
 from jsonschema.exceptions import best_match
 from temporalio.exceptions import ApplicationError
 
+from stepflow.workflows.json_schemas import outside_refs, validator_for
 from stepflow.workflows.models import ApprovalStep, InputStep, StepRecord, StepStatus
 from stepflow.workflows.run_view import ACTIVE
 from stepflow.workflows.validation import did_you_mean
@@ -76,8 +76,11 @@ def check_input(
     """For `input`: an input step that is waiting, and a value that matches its schema."""
     _waiting_step(steps, records, step_id, InputStep)
     step: InputStep = steps[step_id]
+    outside = outside_refs(step.value_schema)
+    if outside:  # the run started before such schemas were refused; never fetch one
+        reject(f"the schema of step {step_id!r} cannot check a value: {outside[0]}")
     try:
-        error = best_match(jsonschema.Draft202012Validator(step.value_schema).iter_errors(value))
+        error = best_match(validator_for(step.value_schema).iter_errors(value))
     except Exception as err:  # e.g. a $ref to nowhere: refuse, never fail the workflow task
         reject(f"the schema of step {step_id!r} cannot check a value: {err}")
     if error is not None:

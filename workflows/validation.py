@@ -12,9 +12,9 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 from pydantic import TypeAdapter, ValidationError
 
+from stepflow.workflows.json_schemas import check_schema, outside_refs
 from stepflow.workflows.models import (
     AgentStep,
     ApprovalStep,
@@ -109,15 +109,12 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
         if isinstance(step, ApprovalStep) and not step.timeout and step.on_timeout in _DECIDES:
             issues.append(SpecIssue("has no effect without a timeout", step.id, "on_timeout"))
         if isinstance(step, InputStep):
-            try:
-                jsonschema.Draft202012Validator.check_schema(step.value_schema)
-                # Dry run: a `$ref` to nowhere only shows when a value is checked.
-                list(jsonschema.Draft202012Validator(step.value_schema).iter_errors(None))
-            except jsonschema.SchemaError as err:
-                message = f"not a valid JSON Schema: {err.message}"
-                issues.append(SpecIssue(message, step.id, "schema"))
-            except Exception as err:
-                issues.append(SpecIssue(f"cannot check values: {err}", step.id, "schema"))
+            issues.extend(SpecIssue(p, step.id, "schema") for p in check_schema(step.value_schema))
+        # The rest of an output schema is checked where it is used (activities.output_schema);
+        # a reference outside it would be fetched by whoever checks it, so it never gets there.
+        if isinstance(step, AgentStep) and isinstance(step.output_schema, dict):
+            problems = outside_refs(step.output_schema)
+            issues.extend(SpecIssue(p, step.id, "output_schema") for p in problems)
 
     graph = {step.id: [d for d in step.depends_on if d != step.id] for step in spec.steps}
     cycle = find_cycle(graph)
