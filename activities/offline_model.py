@@ -91,6 +91,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, validators
 
+from stepflow.workflows.json_schemas import NO_RETRIEVAL
 from stepflow.workflows.models import OFFLINE_MODEL
 
 __all__ = [
@@ -204,7 +205,7 @@ class _Synthesizer:
             if self._validator is None:
                 root = self.root if isinstance(self.root, dict | bool) else {}
                 cls = validators.validator_for(root, default=Draft202012Validator)
-                self._validator = cls(root)
+                self._validator = cls(root, registry=NO_RETRIEVAL)  # never fetch a `$ref`
             return bool(self._validator.evolve(schema=schema).is_valid(value))
         except Exception:  # an invalid or unresolvable schema: the value is no better than none
             return False

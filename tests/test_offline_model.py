@@ -19,6 +19,7 @@ from stepflow.activities.offline_model import (
 )
 from stepflow.runtime.settings import Settings
 from stepflow.workflows import models
+from tests.support.schema_server import SchemaServer
 
 
 def tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -522,3 +523,11 @@ def test_usage_counts_the_request_and_the_reply() -> None:
         offline_completion(longer, [], None)["usage"]["prompt_tokens"]
         > (offline_completion(messages, [], None)["usage"]["prompt_tokens"])
     )
+
+
+def test_the_offline_model_never_fetches_a_ref() -> None:
+    with SchemaServer() as server:
+        schema = {"type": "object", "properties": {"a": {"$ref": server.url()}}}
+        synthesize(schema, {"a": 1}, "text")
+        offline_completion(chat("x", "Input:\ny"), [], schema)
+    assert server.requests == []
