@@ -61,7 +61,7 @@ from stepflow.client.cli_common import (
 )
 from stepflow.client.codec_command import add_codec_server_command
 from stepflow.client.control_commands import add_control_commands
-from stepflow.client.loading import check_spec, load_spec_file
+from stepflow.client.loading import check_spec, load_spec_file, model_warnings
 from stepflow.client.render import print_result
 from stepflow.client.schedule_commands import add_schedule_commands
 from stepflow.client.schedules import ScheduleError, ScheduleNotFound
@@ -73,7 +73,7 @@ from stepflow.runtime.logging import configure_logging
 from stepflow.runtime.payload_storage import PayloadStoreError
 from stepflow.runtime.routing import explain_settings_error
 from stepflow.runtime.settings import get_settings
-from stepflow.workflows.models import PipelineResult, PipelineStatus
+from stepflow.workflows.models import PipelineResult, PipelineSpec, PipelineStatus
 from stepflow.workflows.validation import SpecError
 
 
@@ -89,9 +89,15 @@ def _show(result: PipelineResult, as_json: bool) -> int:
     return _result_exit(result)
 
 
+def _warn(spec: PipelineSpec, where: str) -> None:
+    for warning in model_warnings(spec):
+        err.print(f"{where}: warning: {warning}", markup=False, highlight=False)
+
+
 async def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file)
     check_spec(spec)
+    _warn(spec, args.file)
     out.print(f"{args.file}: pipeline {spec.name!r} is valid ({len(spec.steps)} steps)")
     return EXIT_OK
 
@@ -113,6 +119,7 @@ async def _wait_for_result(
 async def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file)
     inputs = parse_inputs(spec, args.input)
+    _warn(spec, args.file)
     client = await StepflowClient.connect()
     run = await client.start_pipeline(spec, inputs, workflow_id=args.id)
     err.print(f"started {run.workflow_id}")

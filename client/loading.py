@@ -7,6 +7,7 @@ back as a `SpecIssue` naming the step and the field.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,15 @@ from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, r
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.settings import get_settings
-from stepflow.workflows.models import AgentStep, PipelineSpec, ToolStep
-from stepflow.workflows.validation import SpecError, SpecIssue, did_you_mean, structural_issues
+from stepflow.workflows.models import OFFLINE_MODEL, AgentStep, PipelineSpec, ToolStep
+from stepflow.workflows.templates import stray_braces
+from stepflow.workflows.validation import (
+    SpecError,
+    SpecIssue,
+    did_you_mean,
+    structural_issues,
+    templated_fields,
+)
 
 
 def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIssue]:
@@ -119,12 +127,53 @@ def _agent_issues(step: AgentStep, known: list[str]) -> list[SpecIssue]:
     return issues
 
 
+def template_issues(spec: PipelineSpec) -> list[SpecIssue]:
+    """Half-written templates (`{{ steps.a.output }`), which would otherwise pass as plain text."""
+    issues = []
+    for step in spec.steps:
+        for field, value in templated_fields(step):
+            for near in stray_braces(value):
+                issues.append(
+                    SpecIssue(
+                        f"an unclosed template near {near!r}: write {{{{ ... }}}}", step.id, field
+                    )
+                )
+    return issues
+
+
+def model_warnings(spec: PipelineSpec) -> list[str]:
+    """Model names this process's configuration does not know. Warnings, not errors:
+    the workers may be configured differently from the client."""
+    settings = get_settings()
+    known = {OFFLINE_MODEL, settings.default_model, *settings.models}
+    configured = bool(settings.models) or bool(
+        os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
+    )
+    warnings = []
+    for step in spec.steps:
+        if not isinstance(step, AgentStep) or step.model is None or step.model in known:
+            continue
+        hint = did_you_mean(step.model, sorted(known))
+        if settings.models:
+            warnings.append(
+                f"step {step.id!r}: model {step.model!r} is not in STEPFLOW_MODELS{hint}; "
+                "it goes to the default endpoint under that name"
+            )
+        elif not configured:
+            warnings.append(
+                f"step {step.id!r}: model {step.model!r}: no model is configured here "
+                "(OPENAI_API_KEY, OPENAI_BASE_URL, STEPFLOW_MODELS): it will answer offline"
+            )
+    return warnings
+
+
 def check_spec(spec: PipelineSpec) -> None:
     """Everything checkable before inputs are known.
 
     Raises:
         SpecError: listing every issue.
     """
-    issues = list(dict.fromkeys(structural_issues(spec) + tool_issues(spec)))  # each once
+    found = structural_issues(spec) + template_issues(spec) + tool_issues(spec)
+    issues = list(dict.fromkeys(found))  # each once
     if issues:
         raise SpecError(issues)

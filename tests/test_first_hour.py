@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -136,3 +137,51 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
         "id": "b",
         "depends_on": ["a"],
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "near"),
+    [
+        ("{{ steps.a.output }", "{{ steps.a.output }"),
+        ("got {{ steps.a.output }} and {{ steps.a.output", "{{ steps.a.output"),
+        ("stray }} here", "}} here"),
+    ],
+)
+def test_a_half_written_template_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, near: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: half\nsteps:\n  - {id: a, kind: tool, tool: echo}\n"
+        f"  - id: b\n    kind: tool\n    tool: echo\n    depends_on: [a]\n"
+        f"    args: {{value: {json.dumps(value)}}}\n"
+    )
+
+    assert main(["validate", str(path)]) == 2
+
+    line = capsys.readouterr().err.strip()
+    assert (
+        line
+        == f"{path}: step 'b': args.value: an unclosed template near {near!r}: write {{{{ ... }}}}"
+    )
+
+
+def test_validate_warns_of_a_model_name_no_configuration_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPFLOW_MODELS", '{"planner": {"base_url": "http://127.0.0.1:1/v1"}}')
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: models\nsteps:\n"
+        "  - {id: a, kind: agent, model: planer, instructions: x}\n"
+        "  - {id: b, kind: agent, model: planner, instructions: x}\n"
+    )
+
+    assert main(["validate", str(path)]) == 0  # a warning: the workers may know it
+
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"{path}: warning: step 'a': model 'planer' is not in STEPFLOW_MODELS (did you mean "
+        "'planner'?); it goes to the default endpoint under that name"
+    )
+    assert "is valid" in captured.out

@@ -58,6 +58,27 @@ def iter_references(value: Any) -> Iterator[Reference]:
             yield from iter_references(item)
 
 
+def stray_braces(value: Any) -> Iterator[str]:
+    """Text around a `{{` or `}}` that belongs to no complete `{{ ... }}`: a template half-written.
+
+    Rendering leaves such text as it is, so `{{ steps.a.output }` would reach a tool
+    or a model literally; `stepflow validate` refuses it instead.
+    """
+    if isinstance(value, str):
+        rest = _REFERENCE.sub(" ", value)
+        for marker in ("{{", "}}"):
+            at = rest.find(marker)
+            if at >= 0:
+                yield rest[at : at + 40].strip()
+                return
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from stray_braces(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from stray_braces(item)
+
+
 def is_templated(value: Any) -> bool:
     """Whether a value holds any `{{ ... }}` (its final type is then known only at run time)."""
     if isinstance(value, str):

@@ -100,7 +100,7 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
             elif dep not in seen:
                 hint = did_you_mean(dep, seen)
                 issues.append(SpecIssue(f"unknown step {dep!r}{hint}", step.id, "depends_on"))
-        for field, value in _templated_fields(step):
+        for field, value in templated_fields(step):
             issues.extend(_reference_issues(spec, step.id, step.depends_on, field, value))
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
@@ -123,7 +123,7 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
     return issues
 
 
-def _templated_fields(step: Step) -> list[tuple[str, Any]]:
+def templated_fields(step: Step) -> list[tuple[str, Any]]:
     """The fields of a step that may hold {{ ... }} references, by the name errors use."""
     if isinstance(step, AgentStep):
         return [("instructions", step.instructions), ("input", step.input)]
