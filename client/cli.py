@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -61,7 +62,12 @@ from stepflow.client.cli_common import (
 )
 from stepflow.client.codec_command import add_codec_server_command
 from stepflow.client.control_commands import add_control_commands
-from stepflow.client.loading import check_spec, load_spec_file, model_warnings
+from stepflow.client.loading import (
+    check_spec,
+    load_spec_file,
+    model_warnings,
+    pipeline_json_schema,
+)
 from stepflow.client.render import print_result
 from stepflow.client.schedule_commands import add_schedule_commands
 from stepflow.client.schedules import ScheduleError, ScheduleNotFound
@@ -95,10 +101,34 @@ def _warn(spec: PipelineSpec, where: str) -> None:
 
 
 async def cmd_validate(args: argparse.Namespace) -> int:
+    if args.json:
+        return _validate_as_json(args.file)
     spec = load_spec_file(args.file)
     check_spec(spec)
     _warn(spec, args.file)
     out.print(f"{args.file}: pipeline {spec.name!r} is valid ({len(spec.steps)} steps)")
+    return EXIT_OK
+
+
+def _validate_as_json(file: str) -> int:
+    """`validate --json`: every issue with its step and field, for editors and CI."""
+    report: dict[str, Any] = {"file": file, "valid": True, "issues": [], "warnings": []}
+    try:
+        spec = load_spec_file(file)
+        check_spec(spec)
+    except SpecError as error:
+        report["valid"] = False
+        report["issues"] = [
+            {"step": i.step, "field": i.field, "message": i.message} for i in error.issues
+        ]
+    else:
+        report.update(pipeline=spec.name, steps=len(spec.steps), warnings=model_warnings(spec))
+    out.print_json(data=report)
+    return EXIT_OK if report["valid"] else EXIT_USAGE
+
+
+async def cmd_schema(args: argparse.Namespace) -> int:
+    out.print_json(data=pipeline_json_schema(), indent=2 if args.indent else None)
     return EXIT_OK
 
 
@@ -182,6 +212,13 @@ async def cmd_dev(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("stepflow")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepflow",
@@ -195,9 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    parser.add_argument("--version", action="version", version=f"stepflow {_version()}")
+
     p = sub.add_parser("validate", help="check a pipeline file without running it")
     p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="every issue as JSON (exit 2 if any)")
     p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of pipeline files, for editors "
+        "(# yaml-language-server: $schema=...)",
+    )
+    p.add_argument("--indent", action="store_true", help="indented, for reading")
+    p.set_defaults(handler=cmd_schema)
 
     p = sub.add_parser("run", help="start a pipeline and (by default) wait for its result")
     p.add_argument("file")

@@ -177,3 +177,13 @@ def check_spec(spec: PipelineSpec) -> None:
     issues = list(dict.fromkeys(found))  # each once
     if issues:
         raise SpecError(issues)
+
+
+def pipeline_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a pipeline file, from the same models that parse it.
+
+    Editors use it to check and complete pipeline files: save `stepflow schema`
+    to a file and name it in a `# yaml-language-server: $schema=...` comment.
+    """
+    schema = PipelineSpec.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import time
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -16,7 +18,7 @@ from stepflow.client.cli import main
 from stepflow.client.yaml_reader import read_yaml_file
 from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
-from tests.support.processes import cli_process, ok, one_error_line, process_env, stepflow_cli
+from tests.support.processes import ROOT, cli_process, ok, one_error_line, process_env, stepflow_cli
 
 PIPELINE = """
 name: first-hour
@@ -185,3 +187,30 @@ def test_validate_warns_of_a_model_name_no_configuration_knows(
         "'planner'?); it goes to the default endpoint under that name"
     )
     assert "is valid" in captured.out
+
+
+def test_version_validate_json_and_the_schema_of_pipeline_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"stepflow {importlib.metadata.version('stepflow')}"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsteps:\n  - {id: a, kind: tool, tool: nope}\n")
+    assert main(["validate", "--json", str(bad)]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] is False
+    assert {"step": "a", "field": "tool"}.items() <= report["issues"][0].items()
+    assert "unknown tool 'nope'" in report["issues"][0]["message"]
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = Draft202012Validator(schema)
+    # Every example checks against it, and the mistakes editors should catch are caught.
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        errors = [e.message for e in validator.iter_errors(read_yaml_file(example))]
+        assert errors == [], (example.name, errors)
+    assert not validator.is_valid({"name": "x", "steps": [{"id": "a", "kind": "tol"}]})
+    assert not validator.is_valid({"name": "x", "steps": [], "stepz": []})
