@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -14,8 +15,10 @@ from stepflow.workflows.models import PipelineSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped or redirected, output is for other programs and for copying: never cut at 80 columns.
+_PIPED_WIDTH = 10_000
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 
 class UsageError(Exception):
@@ -38,11 +41,19 @@ def parse_inputs(spec: PipelineSpec, pairs: list[str]) -> dict[str, Any]:
             raise UsageError(f"--input {pair!r}: write NAME=VALUE")
         decl = spec.inputs.get(name)
         value: Any = text
-        if decl is not None and decl.type not in ("string",):
+        if decl is not None and decl.type in ("object", "array"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise UsageError(
+                    f"--input {name}: {text!r} is not valid JSON ({error.msg} at column "
+                    f"{error.colno}); an {decl.type} input is read as JSON"
+                ) from None
+        elif decl is not None and decl.type != "string":
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
-                value = text  # let the type check say what is wrong
+                value = text  # the type check says what is wrong: "expected integer"
         values[name] = value
     return values
 
@@ -53,6 +64,17 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def quoting_hint(text: str, refusal: str) -> str:
+    """How to send `text` as a string, when a string schema refused what it parsed as.
+
+    `stepflow input RUN STEP 42` sends the number 42; a step that wants text says
+    "42 is not of type 'string'", and the fix is JSON quotes.
+    """
+    if "is not of type 'string'" not in refusal or isinstance(parse_value(text), str):
+        return ""
+    return f" (to send the text {text!r}, quote it as JSON: '{json.dumps(text)}')"
 
 
 def parse_interval(text: str) -> timedelta:

@@ -17,7 +17,15 @@ from rich.table import Table
 from rich.text import Text
 
 from stepflow.client.api import ControlRejected, StepflowClient
-from stepflow.client.cli_common import EXIT_FAILED, EXIT_OK, UsageError, err, out, parse_value
+from stepflow.client.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    err,
+    out,
+    parse_value,
+    quoting_hint,
+)
 from stepflow.client.render import format_seconds, print_state
 from stepflow.client.runs import LIST_STATUSES, TERMINATED, TIMED_OUT
 from stepflow.client.timeline import format_lines
@@ -111,7 +119,13 @@ async def cmd_reject(args: argparse.Namespace) -> int:
 async def cmd_input(args: argparse.Namespace) -> int:
     client = await StepflowClient.connect()
     value = parse_value(args.value)
-    return await _answer(client.give_input(args.workflow_id, args.step, value))
+    try:
+        return await _answer(client.give_input(args.workflow_id, args.step, value))
+    except ControlRejected as error:
+        hint = quoting_hint(args.value, str(error))
+        if not hint:
+            raise
+        raise ControlRejected(f"{error}{hint}") from None
 
 
 async def cmd_pause(args: argparse.Namespace) -> int:

@@ -211,6 +211,39 @@ async def test_input_checks_the_value_against_the_schema(
     assert result.output("budget") == 1200
 
 
+async def test_input_for_a_string_says_how_to_quote_a_value_that_reads_as_json(
+    worker: None, stepflow: StepflowClient, temporal_client: Client, cli_env: dict[str, str]
+) -> None:
+    spec = pipeline(human_input("code", schema={"type": "string"}), name="cli-input-text")
+    workflow_id = await waiting_run(stepflow, temporal_client, spec, "code")
+
+    one_error_line(
+        await stepflow_cli(cli_env, "input", workflow_id, "code", "42"),
+        "42 is not of type 'string'",
+        """(to send the text '42', quote it as JSON: '"42"')""",
+    )
+    ok(await stepflow_cli(cli_env, "input", workflow_id, "code", '"42"'))
+    assert (await stepflow.get_result(workflow_id)).output("code") == "42"
+
+
+async def test_piped_tables_are_never_cut_at_80_columns(
+    worker: None, stepflow: StepflowClient, temporal_client: Client, cli_env: dict[str, str]
+) -> None:
+    name = unique("a-pipeline-name-long-enough-to-push-the-listing-past-eighty-columns")
+    spec = pipeline(approval("ok"), name=name)
+    workflow_id = await waiting_run(stepflow, temporal_client, spec, "ok")
+    env = {k: v for k, v in cli_env.items() if k != "COLUMNS"}  # as a pipe to another program
+
+    listed = await eventually(
+        lambda: stepflow_cli(env, "list", "--pipeline", name),
+        lambda done: workflow_id in done.stdout,
+        "the run in the listing",
+    )
+
+    row = next(line for line in listed.stdout.splitlines() if workflow_id in line)
+    assert name in row and len(row) > 80, row
+
+
 async def test_pause_holds_new_steps_until_resume(
     worker: None,
     stepflow: StepflowClient,

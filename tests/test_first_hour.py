@@ -214,3 +214,20 @@ def test_version_validate_json_and_the_schema_of_pipeline_files(
         assert errors == [], (example.name, errors)
     assert not validator.is_valid({"name": "x", "steps": [{"id": "a", "kind": "tol"}]})
     assert not validator.is_valid({"name": "x", "steps": [], "stepz": []})
+
+
+def test_an_array_input_that_is_not_json_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: arrays\ninputs: {x: {type: array}}\n"
+        "steps:\n  - {id: a, kind: tool, tool: echo, args: {value: '{{ inputs.x }}'}}\n"
+    )
+
+    assert main(["run", str(path), "--input", 'x=["a"']) == 2
+
+    assert capsys.readouterr().err.strip() == (
+        """stepflow: --input x: '["a"' is not valid JSON (Expecting ',' delimiter at column 5); """
+        "an array input is read as JSON"
+    )
