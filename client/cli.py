@@ -72,6 +72,7 @@ from stepflow.client.render import print_result
 from stepflow.client.schedule_commands import add_schedule_commands
 from stepflow.client.schedules import ScheduleError, ScheduleNotFound
 from stepflow.client.unserved import warn_while_unserved
+from stepflow.client.watch import watch
 from stepflow.runtime import devserver, exit_now
 from stepflow.runtime.connection import ConnectionFailed
 from stepflow.runtime.encryption import EncryptionError
@@ -138,10 +139,9 @@ async def _wait_for_result(
     # A run nobody serves waits silently in Temporal: say so, and what to start.
     watcher = asyncio.create_task(warn_while_unserved(client.temporal, workflow_id, err.print))
     try:
-        if not err.is_terminal:
-            return await client.get_result(workflow_id, run_id)
-        with err.status(f"waiting for {workflow_id} (Ctrl-C stops waiting; the run goes on)"):
-            return await client.get_result(workflow_id, run_id)
+        if err.is_terminal:  # the steps as they go, as `stepflow watch` shows them
+            await watch(client, workflow_id, err)
+        return await client.get_result(workflow_id, run_id)
     finally:
         watcher.cancel()
 

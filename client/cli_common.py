@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import timedelta
 from typing import Any
 
@@ -15,10 +14,20 @@ from stepflow.workflows.models import PipelineSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# Piped or redirected, output is for other programs and for copying: never cut at 80 columns.
 _PIPED_WIDTH = 10_000
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr, soft_wrap=True)
+    if not console.is_terminal:
+        # Piped or redirected, output is for other programs and for copying: never cut it at
+        # the 80 columns rich assumes without a terminal.
+        console.width = _PIPED_WIDTH
+    return console
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 class UsageError(Exception):

@@ -189,6 +189,24 @@ async def test_watch_on_a_terminal_redraws_in_place_then_prints_the_table(
     assert "it broke" in watched.stdout and f"run {run.workflow_id} FAILED" in watched.stdout
 
 
+async def test_run_on_a_terminal_shows_the_steps_live_then_the_result(
+    worker: None, cli_env: dict[str, str], tmp_path: Path, journal: str
+) -> None:
+    path = tmp_path / "live.yaml"
+    path.write_text(
+        "name: cli-run-live\nsteps:\n"
+        f"  - {{id: first, kind: tool, tool: record, args: {{journal: {journal}, seconds: 2}}}}\n"
+        f"  - {{id: second, kind: tool, tool: record, args: {{journal: {journal}}}, "
+        "depends_on: [first]}\n"
+    )
+    done = await stepflow_cli({**cli_env, "TTY_COMPATIBLE": "1"}, "run", str(path))
+    assert done.code == 0, done.stderr
+    # The live view (on stderr, so stdout stays the result) drew the steps and erased itself.
+    assert "\x1b[2K" in done.stderr
+    assert "first" in done.stderr and "RUNNING" in done.stderr
+    assert "SUCCEEDED" in done.stdout and "second" in done.stdout
+
+
 async def test_input_checks_the_value_against_the_schema(
     worker: None, stepflow: StepflowClient, temporal_client: Client, cli_env: dict[str, str]
 ) -> None:
