@@ -1,12 +1,23 @@
 """Stepflow's per-step overhead against a hand-written Temporal workflow.
 
-    python bench/overhead.py [--steps N] [--repeat R]      # defaults: N=200, R=3
+    python bench/overhead.py [--steps N] [--repeat R] [--servers memory,file]
+    # defaults: N=200, R=3, both servers
 
-One process starts one Temporal dev server (as `tests/conftest.py` does) and
-one worker serving both workflows with the same activities and thread pool as
-`worker.build_worker`. It then runs, after one untimed warm-up of each,
-baseline, pipeline, baseline, pipeline, ... R times each, so both kinds share
-the machine's noise:
+One process starts one Temporal dev server per kind asked for (tuned as
+`tests/conftest.py` does) and, on each, one worker serving both workflows with
+the same activities and thread pool as `worker.build_worker`. The kinds of
+server:
+
+- memory: in-memory SQLite, what the tests run against;
+- file: a SQLite file with the pragmas every file-backed dev server Stepflow
+  starts gets (WAL, synchronous=normal unless STEPFLOW_DEV_SQLITE_SYNCHRONOUS
+  says full), as `make demo` runs;
+- file-sqlite-defaults: a SQLite file with no pragmas, SQLite's rollback journal
+  where every commit waits for the disk (how file-backed servers ran before).
+
+It then runs, after one untimed warm-up of each, baseline, pipeline, baseline,
+pipeline, ... R times each, going round the servers, so both kinds and all
+servers share the machine's noise:
 
 - pipeline: a `stepflow_pipeline` run of N sequential `echo` steps, step i
   depending on step i-1. The first step echoes the constant "ping", each later
@@ -30,24 +41,28 @@ measurement, not a test: the exit code is 0 either way.
 
 For one timed run of each kind it also prints the history's event counts per
 event type and a per-step breakdown of where the time goes, read from the
-events' timestamps.
+events' timestamps. All of this comes once per server; a last table puts the
+servers' medians side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio import workflow
@@ -59,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.api.enums.v1 import EventType
     from temporalio.api.history.v1 import HistoryEvent
     from temporalio.client import Client, WorkflowHandle
+    from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
     from stepflow.activities.registry import ToolDefinition, load_tool_modules
@@ -82,6 +98,13 @@ BASELINE_WORKFLOW = "bench_baseline"
 TOOL = "echo"
 SEED = "ping"
 TARGET_RATIO = 1.10
+
+SERVERS = {
+    "memory": "in memory (the tests' servers)",
+    "file": "SQLite file, WAL + synchronous=normal (make demo, stepflow dev start)",
+    "file-sqlite-defaults": "SQLite file, SQLite's rollback journal (before WAL)",
+}
+"""The kinds of dev server the bench can run against, and what each stands for."""
 
 # What a pipeline step gets when neither it nor the pipeline sets retry or timeout
 # (BUILTIN_RETRY, DEFAULT_START_TO_CLOSE); `check_same_activity_options` verifies it.
@@ -319,7 +342,30 @@ def cores() -> str:
     return f"{usable} usable of {total}"
 
 
-async def bench(steps: int, repeat: int) -> None:
+@dataclass
+class Server:
+    """One dev server of the session, its worker's clients, and the runs timed on it."""
+
+    kind: str
+    client: Client
+    stepflow: StepflowClient
+    runs: list[Run] = field(default_factory=list)
+    evidence: dict[str, tuple[Counter[str], Breakdown]] = field(default_factory=dict)
+
+    def median(self, kind: str) -> float:
+        return statistics.median(r.per_step_ms for r in self.runs if r.kind == kind)
+
+
+async def start_server(kind: str, scratch: Path) -> WorkflowEnvironment:
+    """A throwaway dev server of `kind` (see SERVERS), its file (if any) in `scratch`."""
+    if kind == "memory":
+        return await start_ephemeral_environment()
+    # None: the pragmas every file-backed Stepflow server gets; {}: none, SQLite's defaults.
+    pragmas: dict[str, str] | None = {} if kind == "file-sqlite-defaults" else None
+    return await start_ephemeral_environment(db_file=scratch / f"{kind}.db", pragmas=pragmas)
+
+
+async def bench(steps: int, repeat: int, kinds: list[str]) -> None:
     settings = Settings()
     quiet_logs()
     spec = bench_spec(steps)
@@ -327,23 +373,30 @@ async def bench(steps: int, repeat: int) -> None:
     tools = load_tool_modules(settings.tool_modules)
     queue = f"bench-{uuid.uuid4().hex[:8]}"
 
-    env = await start_ephemeral_environment()
-    try:
-        client = env.client
-        stepflow = StepflowClient(client, settings=settings)
-        async with make_worker(client, settings, tools, queue):
-            await run_baseline(client, queue, steps)
-            await run_pipeline(stepflow, spec, queue)
-            runs: list[Run] = []
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="stepflow-bench-") as scratch:
+        async with contextlib.AsyncExitStack() as stack:
+            for kind in kinds:
+                env = await start_server(kind, Path(scratch))
+                stack.push_async_callback(env.shutdown)
+                await stack.enter_async_context(make_worker(env.client, settings, tools, queue))
+                servers.append(
+                    Server(kind, env.client, StepflowClient(env.client, settings=settings))
+                )
+            for server in servers:
+                await run_baseline(server.client, queue, steps)
+                await run_pipeline(server.stepflow, spec, queue)
             for _ in range(repeat):
-                runs.append(await run_baseline(client, queue, steps))
-                runs.append(await run_pipeline(stepflow, spec, queue))
-            evidence = {
-                kind: await history_evidence(next(r for r in reversed(runs) if r.kind == kind))
-                for kind in ("baseline", "pipeline")
-            }
-    finally:
-        await env.shutdown()
+                for server in servers:
+                    server.runs.append(await run_baseline(server.client, queue, steps))
+                    server.runs.append(await run_pipeline(server.stepflow, spec, queue))
+            for server in servers:
+                server.evidence = {
+                    kind: await history_evidence(
+                        next(r for r in reversed(server.runs) if r.kind == kind)
+                    )
+                    for kind in ("baseline", "pipeline")
+                }
 
     print()
     print(
@@ -351,9 +404,20 @@ async def bench(steps: int, repeat: int) -> None:
         f"cores: {cores()}, {platform.machine()} {platform.system()}"
     )
     print(
-        f"N={steps} sequential echo steps, R={repeat} timed runs of each kind "
-        f"(after 1 untimed warm-up each), alternating"
+        f"N={steps} sequential echo steps, R={repeat} timed runs of each kind per server "
+        f"(after 1 untimed warm-up each), alternating, round the servers"
     )
+    for server in servers:
+        report(server, steps)
+    if len(servers) > 1:
+        side_by_side(servers)
+
+
+def report(server: Server, steps: int) -> None:
+    """Every run on one server, its medians, ratios, history and breakdown."""
+    runs = server.runs
+    print()
+    print(f"== server: {server.kind}: {SERVERS[server.kind]}")
     print()
     print(
         f"{'#':>2}  {'kind':<9} {'server ms':>10} {'ms/step':>8} {'wall ms':>9} "
@@ -365,10 +429,7 @@ async def bench(steps: int, repeat: int) -> None:
             f"{r.events:>7} {r.history_bytes / 1024:>10.1f}"
         )
 
-    medians = {
-        kind: statistics.median(r.per_step_ms for r in runs if r.kind == kind)
-        for kind in ("baseline", "pipeline")
-    }
+    medians = {kind: server.median(kind) for kind in ("baseline", "pipeline")}
     print()
     for kind, value in medians.items():
         print(f"median {kind:<9} {value:.2f} ms/step")
@@ -379,8 +440,8 @@ async def bench(steps: int, repeat: int) -> None:
         + f", median {statistics.median(pairs):.2f}"
     )
 
-    counts_b, bd_b = evidence["baseline"]
-    counts_p, bd_p = evidence["pipeline"]
+    counts_b, bd_b = server.evidence["baseline"]
+    counts_p, bd_p = server.evidence["pipeline"]
     print()
     print("history events of the last timed run of each kind")
     print(f"  {'event type':<32} {'baseline':>9} {'pipeline':>9}")
@@ -411,16 +472,49 @@ async def bench(steps: int, repeat: int) -> None:
         print("TARGET MISSED")
 
 
+def side_by_side(servers: list[Server]) -> None:
+    """Median ms/step of each kind of run on each server, and each server's range."""
+    width = max(20, *(len(s.kind) for s in servers))
+    print()
+    print("== per-step cost by server (median ms/step [min-max] of the timed runs)")
+    print(f"  {'run':<9} " + " ".join(f"{s.kind:>{width}}" for s in servers))
+    for kind in ("baseline", "pipeline"):
+        cells = []
+        for server in servers:
+            values = [r.per_step_ms for r in server.runs if r.kind == kind]
+            cell = f"{server.median(kind):6.2f} [{min(values):5.2f}-{max(values):5.2f}]"
+            cells.append(f"{cell:>{width}}")
+        print(f"  {kind:<9} " + " ".join(cells))
+    first = servers[0]
+    for server in servers[1:]:
+        ratios = " ".join(
+            f"{kind} {server.median(kind) / first.median(kind):.2f}"
+            for kind in ("baseline", "pipeline")
+        )
+        print(f"  {server.kind} / {first.kind}: {ratios}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=200, help="steps per run (default 200)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each kind (default 3)")
+    parser.add_argument(
+        "--servers",
+        default="memory,file",
+        help=f"comma-separated kinds of dev server, of {', '.join(SERVERS)} (default memory,file)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeat < 1:
         parser.error("--steps and --repeat must be at least 1")
-    asyncio.run(bench(args.steps, args.repeat))
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SERVERS]
+    if not kinds or unknown or len(set(kinds)) != len(kinds):
+        parser.error(
+            f"--servers: give each of {', '.join(SERVERS)} at most once, got {args.servers!r}"
+        )
+    asyncio.run(bench(args.steps, args.repeat, kinds))
     return 0
 
 

@@ -233,6 +233,11 @@ class Settings(BaseSettings):
             return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("dev_sqlite_synchronous", mode="before")
+    @classmethod
+    def _pragma_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value  # SQLite ignores case
+
     @field_validator("model_task_queue", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
