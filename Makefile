@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 
 ## demo: start the dev server (Web UI on :8233) and a worker, run the two example pipelines
 demo: export STEPFLOW_TOOL_MODULES ?= examples.tools
+# `examples` is not installed: the worker and the commands import it from here.
+demo: export STEPFLOW_IMPORT_PATH ?= .
 demo: $(STAMP)
 	$(BIN)/stepflow dev start
 	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"

@@ -194,17 +194,35 @@ def all_tools() -> list[ToolDefinition]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
-def load_tool_modules(modules: Iterable[str] = ()) -> list[ToolDefinition]:
+def load_tool_modules(
+    modules: Iterable[str] = (), import_path: Iterable[str] | None = None
+) -> list[ToolDefinition]:
     """Import the built-in tools and the given modules (which register theirs on import).
 
+    Tool modules are code the worker runs, so they come only from where the
+    environment says: installed packages, PYTHONPATH, and the directories of
+    STEPFLOW_IMPORT_PATH. The current directory is not among them unless
+    configured (`STEPFLOW_IMPORT_PATH=.`), also when Python itself put it first
+    on sys.path (`python -m stepflow.worker`).
+
+    Args:
+        modules: Module names, as STEPFLOW_TOOL_MODULES lists them.
+        import_path: Directories to import them from, searched first, relative ones
+            against the current directory; None: STEPFLOW_IMPORT_PATH.
+
     Raises:
-        ImportError: a module that cannot be imported, with the name as written.
+        ImportError: a module that cannot be imported, with the name as written and
+            how to make it importable.
     """
     importlib.import_module("stepflow.activities.builtin")
-    # Like `python -m`: modules in the current directory are importable, also from the
-    # `stepflow` console script (whose sys.path starts at the venv's bin directory).
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    if import_path is None:
+        from stepflow.runtime.settings import get_settings
+
+        import_path = get_settings().import_path
+    _drop_implicit_working_directory()
+    for directory in reversed([os.path.abspath(entry) for entry in import_path]):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
     for module in modules:
         module = module.strip()
         if not module:
@@ -212,7 +230,36 @@ def load_tool_modules(modules: Iterable[str] = ()) -> list[ToolDefinition]:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ImportError(
-                f"cannot import tool module {module!r} (from STEPFLOW_TOOL_MODULES): {err}"
-            ) from err
+            message = f"cannot import tool module {module!r} (from STEPFLOW_TOOL_MODULES): {err}"
+            missing = err.name if isinstance(err, ModuleNotFoundError) else None
+            if missing and (module == missing or module.startswith(f"{missing}.")):
+                top = module.split(".")[0]
+                message += (
+                    f". Install it, or add the directory that holds {top!r} to "
+                    "STEPFLOW_IMPORT_PATH (`STEPFLOW_IMPORT_PATH=.` for the current directory)"
+                )
+            raise ImportError(message) from err
     return all_tools()
+
+
+def _drop_implicit_working_directory() -> None:
+    """Take out the current directory that `python -m stepflow...` put first on sys.path.
+
+    Python does that for any `-m` module, so without this a worker started that way
+    (as `stepflow dev start` does) would import tools from wherever it was started,
+    while the `stepflow` command, whose sys.path starts at the venv's bin directory,
+    would not. Only Stepflow's own entry points are touched: a test runner or a
+    user's script started with `-m` keeps its sys.path as it is.
+    """
+    global _implicit_entry_checked
+    if _implicit_entry_checked:  # once: sys.path[0] may be a PYTHONPATH entry by now
+        return
+    _implicit_entry_checked = True
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None or not spec.name.startswith("stepflow."):
+        return
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+
+_implicit_entry_checked = False

@@ -17,6 +17,7 @@
     stepflow schedule list | pause ID | unpause ID | trigger ID | delete ID
     stepflow tools [--json]
     stepflow dev start | stop | status
+    stepflow payloads prune [--older-than 30d] [--dry-run] [--json]   clean the local store
     stepflow codec-server [--port 8081] [--origin URL]   decrypt runs for the Web UI
 
 Every command that talks to Temporal connects per TEMPORAL_* settings and the
@@ -68,6 +69,7 @@ from stepflow.client.loading import (
     model_warnings,
     pipeline_json_schema,
 )
+from stepflow.client.payloads_command import add_payloads_command
 from stepflow.client.render import print_result
 from stepflow.client.schedule_commands import add_schedule_commands
 from stepflow.client.schedules import ScheduleError, ScheduleNotFound
@@ -263,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(sub)
     add_schedule_commands(sub)
     add_codec_server_command(sub)
+    add_payloads_command(sub)
 
     p = sub.add_parser("tools", help="list the registered tools")
     p.add_argument("--json", action="store_true", help="with their argument schemas")

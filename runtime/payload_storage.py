@@ -9,16 +9,19 @@ bucket; the worker and every client must use the same one, since clients read
 results that may have been stored.
 
 A worker that cannot store a value never retries forever: in an activity, a
-result that the store cannot keep (or that is over Temporal's limit with the
-store off) fails the activity at once with a non-retryable error that says
-what was too large and what to do.
+result that the store refuses for good (access denied, no such bucket, a full
+disk), or that is over Temporal's limit with the store off, fails the activity
+at once with a non-retryable error that says what was too large and what to
+do. A store that fails for now (an S3 503 or throttling, a dropped connection,
+a timeout) fails the attempt with a retryable error, and the step's retry
+policy runs the call again (`store_error_is_transient` draws the line).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import re
@@ -42,10 +45,10 @@ from temporalio.converter import (
     StorageDriverSelectContext,
     StorageDriverStoreContext,
 )
-from temporalio.exceptions import ApplicationError
 
 from stepflow.runtime.encryption import EncryptionCodec, load_keys
 from stepflow.runtime.settings import Settings
+from stepflow.workflows.errors import ErrorType
 
 TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
 """The server's default `limit.blobSize.error`: a bigger payload is refused."""
@@ -53,11 +56,14 @@ TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
 INLINE_LIMIT = TEMPORAL_PAYLOAD_LIMIT - 4096
 """The largest payload left in history: the server counts a little envelope too."""
 
-OUTPUT_TOO_LARGE = "OutputTooLarge"
+OUTPUT_TOO_LARGE = ErrorType.OUTPUT_TOO_LARGE
 """Error type: a result over Temporal's limit with the payload store off."""
 
-PAYLOAD_STORE_FAILED = "PayloadStoreFailed"
-"""Error type: a result over the threshold that the payload store could not keep."""
+PAYLOAD_STORE_FAILED = ErrorType.PAYLOAD_STORE_FAILED
+"""Error type: a result over the threshold that the payload store refused for good."""
+
+PAYLOAD_STORE_UNAVAILABLE = ErrorType.PAYLOAD_STORE_UNAVAILABLE
+"""Error type: a result the payload store could not keep for now; the call is retried."""
 
 LOCAL_DRIVER_NAME = "stepflow.local"
 _KEY = re.compile(r"sha256/([0-9a-f]{64})")
@@ -158,9 +164,10 @@ class LocalPayloadDriver(StorageDriver):
     `<dir>/sha256/<first two hex digits>/<digest>`: the same bytes stored twice
     are one file, a name never comes from user input, and a file is written to
     a temporary name, flushed to disk and renamed, so a reader never sees half
-    of one. A file read back is checked against its digest. Files are never
-    deleted by Stepflow; storing an existing one again refreshes its time, so
-    the oldest can be removed once no open or retained run refers to them.
+    of one. A file read back is checked against its digest. Storing an existing
+    one again refreshes its time: `stepflow payloads prune` (`prune_local_store`)
+    removes files not stored for STEPFLOW_PAYLOAD_RETENTION that no open run
+    refers to.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -186,11 +193,14 @@ class LocalPayloadDriver(StorageDriver):
             data = payload.SerializeToString()
             digest = hashlib.sha256(data).hexdigest()
             path = self._path(digest)
-            if path.exists():
-                with contextlib.suppress(OSError):  # the time is only a hint for cleanup
-                    os.utime(path)
-            else:
+            try:
+                os.utime(path)  # pruning goes by this time: the file is in use again
+            except FileNotFoundError:  # new, or pruned a moment ago
                 _write_atomically(path, data)
+            except OSError:
+                if not path.is_file():  # e.g. the store's directory is a file
+                    raise
+                # Kept, but its time not refreshed (someone else's file): worth no failure.
             claims.append(StorageDriverClaim(claim_data={"key": f"sha256/{digest}"}))
         return claims
 
@@ -225,6 +235,90 @@ class LocalPayloadDriver(StorageDriver):
         return payloads
 
 
+REFERENCE = re.compile(rb"sha256/([0-9a-f]{64})")
+"""A local store reference as history holds it (`{"claimData": {"key": "sha256/<digest>"}}`)."""
+
+
+def referenced_digests(data: bytes) -> set[str]:
+    """The digests of the stored payloads that serialized history (or any bytes) refers to."""
+    return {match.decode() for match in REFERENCE.findall(data)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFile:
+    """One file of the local store."""
+
+    path: Path
+    digest: str | None
+    """None for a temporary file a crashed write (or prune) left behind."""
+    size: int
+    modified: float
+    """When it was last stored (seconds since the epoch)."""
+
+
+def stored_files(directory: Path) -> list[StoredFile]:
+    """Every payload file of a local store, and leftover temporary files."""
+    files = []
+    for path in sorted((directory / "sha256").glob("??/*")):
+        digest = _KEY.fullmatch(f"sha256/{path.name}")
+        if digest is None and not path.name.startswith((".tmp-", ".prune-")):
+            continue  # not ours: left alone
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        files.append(StoredFile(path, digest and digest.group(1), stat.st_size, stat.st_mtime))
+    return files
+
+
+def prune_local_store(
+    directory: Path, older_than: float, keep: set[str], *, dry_run: bool = False
+) -> tuple[list[StoredFile], int, int]:
+    """Remove files last stored before `older_than` whose digest is not in `keep`.
+
+    A worker may store the same bytes again while this runs, which refreshes the
+    file's time; a file is moved aside before it is removed, and put back if its
+    time changed meanwhile, so a payload in use is never lost.
+
+    Args:
+        directory: The local store.
+        older_than: Seconds since the epoch: only files last stored before it go.
+        keep: Digests that open runs refer to.
+        dry_run: Remove nothing; report what would go.
+
+    Returns:
+        The files removed (or that would be), and how many were kept because a
+        run refers to them and because they are newer.
+    """
+    removed: list[StoredFile] = []
+    referenced = recent = 0
+    for file in stored_files(directory):
+        if file.modified >= older_than:
+            recent += 1
+        elif file.digest is not None and file.digest in keep:
+            referenced += 1
+        elif dry_run or _remove_unless_refreshed(file.path, older_than):
+            removed.append(file)
+        else:
+            recent += 1
+    return removed, referenced, recent
+
+
+def _remove_unless_refreshed(path: Path, older_than: float) -> bool:
+    aside = path.with_name(f".prune-{path.name}")
+    try:
+        # After the rename a worker storing these bytes finds no file and writes it anew;
+        # one that refreshed it just before left its time on the file moved aside.
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return False
+    if aside.stat().st_mtime >= older_than:
+        os.replace(aside, path)  # in use again (a new copy, if any, has the same bytes)
+        return False
+    aside.unlink()
+    return True
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -248,10 +342,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
 class _GuardedDriver(StorageDriver):
     """A store whose failures say what was being stored and what to do.
 
-    In an activity the failure is final (`PayloadStoreFailed`, not retried):
-    the same result would fail to store again on every retry. In a workflow
-    task the failure fails the task, which Temporal retries until the store
-    works again, so the run is not lost.
+    In an activity, a store that refused the value for good fails the call at
+    once (`PayloadStoreFailed`): the same result would fail to store again on
+    every retry. A store that failed for now (`PayloadStoreUnavailable`, see
+    `store_error_is_transient`) fails the attempt, and the step's retry policy
+    runs the call again; a retry runs the tool again, since its result was never
+    kept. In a workflow task any failure fails the task, which Temporal retries
+    until the store works again, so the run is not lost.
     """
 
     def __init__(self, inner: StorageDriver, where: str, fix: str) -> None:
@@ -275,14 +372,20 @@ class _GuardedDriver(StorageDriver):
             reason = _reason(err)
             if activity.in_activity():
                 info = activity.info()
-                raise ApplicationError(
+                what = (
                     f"the result of {_what(info.activity_type)} is {size:,} bytes, so it goes to "
-                    f"the payload store ({self.where}), which could not keep it: "
-                    f"{reason}. Fix the store ({self.fix}), or return a smaller value: "
-                    "write large data to a file and return its path.",
+                    f"the payload store ({self.where})"
+                )
+                if store_error_is_transient(err):
+                    raise PAYLOAD_STORE_UNAVAILABLE.error(
+                        f"{what}, which could not keep it for now: {reason}. The call is "
+                        f"retried; if this goes on, check the store ({self.fix}).",
+                        {"attempt": info.attempt},
+                    ) from err
+                raise PAYLOAD_STORE_FAILED.error(
+                    f"{what}, which could not keep it: {reason}. Fix the store ({self.fix}), "
+                    "or return a smaller value: write large data to a file and return its path.",
                     {"attempt": info.attempt},
-                    type=PAYLOAD_STORE_FAILED,
-                    non_retryable=True,
                 ) from err
             raise PayloadStoreError(
                 f"the payload store ({self.where}) could not keep a {size:,}-byte payload: "
@@ -318,21 +421,113 @@ class _RefuseDriver(StorageDriver):
     ) -> list[StorageDriverClaim]:
         size = sum(p.ByteSize() for p in payloads)
         info = activity.info()
-        raise ApplicationError(
+        raise OUTPUT_TOO_LARGE.error(
             f"the result of {_what(info.activity_type)} is {size:,} bytes, over Temporal's "
             f"{TEMPORAL_PAYLOAD_LIMIT:,}-byte payload limit, and the payload store is off "
             "(STEPFLOW_PAYLOAD_STORE=off). Turn it on (STEPFLOW_PAYLOAD_STORE=local or s3, on "
             "the worker and the clients), or return a smaller value: write large data to a "
             "file and return its path.",
             {"attempt": info.attempt},
-            type=OUTPUT_TOO_LARGE,
-            non_retryable=True,
         )
 
     async def retrieve(
         self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
     ) -> list[Payload]:
         raise PayloadStoreError("no payload is ever stored with the payload store off")
+
+
+_TRANSIENT_S3_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "OperationAborted",  # "a conflicting conditional operation is in progress: try again"
+    }
+)
+"""S3 error codes that say "not now" rather than "no"; any 5xx, 408 and 429 count too."""
+
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ETIMEDOUT,
+        errno.ESTALE,  # a network mount's handle went stale; reopening works
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
+"""OS errors of a store that may pass: a busy or network-mounted directory, a full file table.
+
+A full disk (ENOSPC, EDQUOT) is not among them: it needs someone to free space or
+prune the store (`stepflow payloads prune`), which no retry policy waits for, and every
+retry would run the tool again. Permissions, a read-only file system and a path that is
+not a directory are permanent too.
+"""
+
+
+def store_error_is_transient(err: BaseException) -> bool:
+    """Whether another attempt may store what this error kept from being stored.
+
+    Looks through the error and what caused it (the SDK's S3 driver wraps botocore's
+    error in its own): an S3 answer of 5xx, 408, 429 or a throttling code, a connection
+    that failed or dropped, a timeout, or a passing OS error is transient; anything else
+    (access denied, no such bucket, bad credentials, a full disk) is not.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        verdict = _verdict(cause)
+        if verdict is not None:
+            return verdict
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _verdict(err: BaseException) -> bool | None:
+    """True: transient, False: permanent, None: this error does not say (look at its cause)."""
+    verdict = _botocore_verdict(err)
+    if verdict is not None:
+        return verdict
+    if isinstance(err, TimeoutError | ConnectionError):
+        return True
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in _TRANSIENT_ERRNOS
+    return None
+
+
+def _botocore_verdict(err: BaseException) -> bool | None:
+    try:
+        from botocore import exceptions as boto  # the `s3` extra
+    except ImportError:  # the local store only: no botocore error can occur
+        return None
+    if isinstance(err, boto.ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if not status and code.isdigit():  # a HEAD's error has no body, only its status
+            status = int(code)
+        return code in _TRANSIENT_S3_CODES or status >= 500 or status in (408, 429)
+    if isinstance(err, boto.SSLError):
+        return False  # a certificate or TLS setting to fix
+    if isinstance(err, boto.ConnectionError | boto.HTTPClientError):
+        return True  # refused, dropped, timed out: botocore's own connection errors
+    if isinstance(err, boto.BotoCoreError):
+        return False  # no credentials, a bad configuration...
+    return None
 
 
 def _reason(err: BaseException) -> str:

@@ -8,6 +8,9 @@ redirects included, has one deadline (`STEPFLOW_HTTP_TIMEOUT_SECONDS`).
 Failures that another attempt may cure (timeouts, refused connections, 408,
 429, 5xx) are retryable; the rest are not.
 
+Every error message is passed through `redact_urls` before it leaves the tool:
+a URL's user info and token-like query values never reach history.
+
 The allow-list names hosts, and is checked against the host in the URL: the
 address that name resolves to is the DNS's business. Allow names you trust
 (a name whose DNS an attacker controls can point at 127.0.0.1).
@@ -23,6 +26,7 @@ import httpx
 from pydantic import Field
 
 from stepflow.activities.context import ToolError
+from stepflow.activities.redaction import redact_urls
 from stepflow.activities.registry import tool
 from stepflow.runtime.settings import get_settings
 
@@ -254,6 +258,15 @@ async def http_get(
         `{"url": <final URL after redirects>, "status": <HTTP status>,
         "content_type": <Content-Type header or null>, "text": <body as text>}`.
     """
+    try:
+        return await _http_get(url, max_bytes)
+    except ToolError as err:
+        # Messages quote the URL (and httpx's words, which may too): one place redacts them all.
+        err.args = (redact_urls(str(err)),)
+        raise
+
+
+async def _http_get(url: str, max_bytes: int | None) -> dict[str, Any]:
     settings = get_settings()
     if max_bytes is not None and max_bytes < 1:
         raise ToolError(f"max_bytes must be at least 1, not {max_bytes}", non_retryable=True)

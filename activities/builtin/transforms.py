@@ -12,6 +12,14 @@ from pydantic import Field
 
 from stepflow.activities.context import ToolError
 from stepflow.activities.registry import tool
+from stepflow.runtime.settings import get_settings
+
+MAX_FORMAT_NUMBER = 4096
+"""The largest width or precision a `text_template` format spec may ask for.
+
+`{x:>2000000000}` would build a 2 GB string (`{x:.999999999f}` a 1 GB one) before
+any output limit is checked; a few thousand columns is more than any text needs.
+"""
 
 
 class InvalidJson(ToolError):
@@ -167,15 +175,51 @@ def json_select(
     return current
 
 
+_SPEC_NUMBER = re.compile(r"\d+")
+
+
 class _SafeFormatter(string.Formatter):
-    """`str.format_map` without access to private attributes (`{x.__class__}`)."""
+    """`str.format_map` without access to private attributes, and with bounded output.
+
+    Refuses `{x.__class__}`, a width or precision over `MAX_FORMAT_NUMBER`, and
+    fields that together would format more than `limit` characters.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.formatted = 0
+        # `vformat` looks a field up, then the fields nested in its spec, then formats
+        # the nested ones and the field itself: a stack pairs each spec with its field.
+        self.fields: list[str] = []
 
     def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         if re.search(r"\.\s*_", field_name):
             raise InvalidTemplate(
                 f"template field {{{field_name}}} reads a private attribute, which is not allowed"
             )
-        return super().get_field(field_name, args, kwargs)
+        found = super().get_field(field_name, args, kwargs)
+        self.fields.append(field_name)
+        return found
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        field = self.fields.pop() if self.fields else "?"
+        # Only a width, a precision, and a digit as the fill character are numbers in a spec.
+        for digits in _SPEC_NUMBER.findall(format_spec):
+            # Compared as text first: int() refuses numbers of over 4,300 digits.
+            if len(digits.lstrip("0")) > 9 or int(digits) > MAX_FORMAT_NUMBER:
+                shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+                raise InvalidTemplate(
+                    f"template field {{{field}}} asks for a width or precision of {shown}: "
+                    f"at most {MAX_FORMAT_NUMBER:,} is allowed"
+                )
+        text = super().format_field(value, format_spec)
+        self.formatted += len(text)
+        if self.formatted > self.limit:
+            raise InvalidTemplate(
+                f"the template's fields make more than {self.limit:,} characters (at field "
+                f"{{{field}}}), over the tool output limit (STEPFLOW_TOOL_MAX_OUTPUT_BYTES)"
+            )
+        return text
 
 
 def _field_roots(template: str) -> list[str]:
@@ -204,7 +248,9 @@ def text_template(
 
     Uses Python's `str.format` rules: `{name}` inserts a value, `{name:>10}`
     formats it, `{user[email]}` reads a key of a nested object, and `{{` / `}}`
-    write literal braces.
+    write literal braces. A width or precision (`{name:>N}`, `{name:.Nf}`, or one
+    given by another field, `{name:{width}}`) may be at most 4,096; the fields
+    together may make at most STEPFLOW_TOOL_MAX_OUTPUT_BYTES characters.
 
     Args:
         template: The text with `{name}` fields.
@@ -214,7 +260,8 @@ def text_template(
         The filled-in text.
     """
     try:
-        return _SafeFormatter().vformat(template, (), values)
+        formatter = _SafeFormatter(get_settings().tool_max_output_bytes)
+        return formatter.vformat(template, (), values)
     except KeyError as err:
         key = err.args[0] if err.args else "?"
         missing = [name for name in _field_roots(template) if name not in values]
