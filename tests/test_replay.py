@@ -22,6 +22,7 @@ from temporalio.workflow import NondeterminismError
 from stepflow.worker import WORKFLOWS
 from stepflow.workflows.models import PipelineInput, PipelineResult, ToolCallOutput
 from stepflow.workflows.pipeline import PIPELINE_WORKFLOW, PipelineWorkflow
+from stepflow.workflows.steps.tool import ToolRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 HISTORIES = sorted((ROOT / "tests" / "histories").glob("*.json"))
@@ -54,17 +55,21 @@ async def test_history_replays(path: Path) -> None:
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
 
+class _SleepFirst(ToolRunner):
+    async def call(self, ctx: Any, step: Any) -> ToolCallOutput:
+        await workflow.sleep(timedelta(milliseconds=1))
+        return await super().call(ctx, step)
+
+
 @workflow.defn(name=PIPELINE_WORKFLOW, sandboxed=False)
 class _UnguardedChange(PipelineWorkflow):
     """Today's pipeline plus one new command before each tool call, without `workflow.patched`."""
 
+    runners = {**PipelineWorkflow.runners, "tool": _SleepFirst()}
+
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
         return await super().run(input)
-
-    async def _call_tool(self, spec: Any, step: Any, inputs: dict[str, Any]) -> ToolCallOutput:
-        await workflow.sleep(timedelta(milliseconds=1))
-        return await super()._call_tool(spec, step, inputs)
 
 
 async def test_a_change_without_patched_fails_the_replay() -> None:

@@ -100,7 +100,7 @@ MODEL_ERRORS = {
     "ModelReplyInvalid",
     "ModelTimeout",
     "ModelConnectionError",
-    "TimeoutError",
+    "Timeout",
 }
 """What a model call that ran out of attempts fails with, from its last attempt's fault."""
 

@@ -17,38 +17,36 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NoReturn
 
-import pydantic
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-with workflow.unsafe.imports_passed_through():
-    from stepflow.workflows.activity_options import activity_options
-    from stepflow.workflows.control import STEP_PROGRESS, StepProgress
-    from stepflow.workflows.conversation import (
-        MAX_CONVERSATION_BYTES,
-        conversation_size,
-        first_user_message,
-        repair_request,
-        tool_error,
-        tool_result,
-    )
-    from stepflow.workflows.models import (
-        AGENT_STEP_WORKFLOW,
-        MODEL_CALL_ACTIVITY,
-        AgentCarry,
-        AgentStepInput,
-        AgentStepResult,
-        ChatMessage,
-        ModelCallInput,
-        ModelCallOutput,
-        PlannedToolCall,
-        TokenUsage,
-        ToolCallInput,
-        ToolCallOutput,
-        model_call_queue,
-        tool_activity_name,
-        tool_call_queue,
-    )
+from stepflow.workflows.activity_options import activity_options
+from stepflow.workflows.control import STEP_PROGRESS, StepProgress
+from stepflow.workflows.conversation import (
+    MAX_CONVERSATION_BYTES,
+    conversation_size,
+    first_user_message,
+    repair_request,
+    tool_error,
+    tool_result,
+)
+from stepflow.workflows.errors import ErrorType, InvalidWorkflowInput, activity_failure
+from stepflow.workflows.models import (
+    AGENT_STEP_WORKFLOW,
+    MODEL_CALL_ACTIVITY,
+    AgentLoopState,
+    AgentStepInput,
+    AgentStepResult,
+    ChatMessage,
+    ModelCallInput,
+    ModelCallOutput,
+    PlannedToolCall,
+    ToolCallInput,
+    ToolCallOutput,
+    model_call_queue,
+    tool_activity_name,
+    tool_call_queue,
+)
 
 PROGRESS_PATCH = "report-progress-to-pipeline"
 """Runs recorded before agent steps reported their progress replay without those signals."""
@@ -62,12 +60,15 @@ BOUNDED_TOOL_CALLS_PATCH = "bounded-parallel-tool-calls"
 MAX_PARALLEL_TOOL_CALLS = 500
 """Tool calls of one reply running at once: Temporal allows 2,000 pending activities a workflow."""
 
-MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
-OUTPUT_INVALID = "OutputSchemaMismatch"
-CONVERSATION_TOO_LARGE = "ConversationTooLarge"
+# The error types callers know by these names (`errors.ErrorType` has them all).
+MAX_MODEL_CALLS_EXCEEDED = ErrorType.MAX_MODEL_CALLS_EXCEEDED
+OUTPUT_INVALID = ErrorType.OUTPUT_SCHEMA_MISMATCH
+CONVERSATION_TOO_LARGE = ErrorType.CONVERSATION_TOO_LARGE
 
 
-@workflow.defn(name=AGENT_STEP_WORKFLOW, failure_exception_types=[pydantic.ValidationError])
+# Its input comes from the pipeline, never from a person: one that fails to parse is a
+# deploy's mismatch, and the task waits for a worker that reads it.
+@workflow.defn(name=AGENT_STEP_WORKFLOW, failure_exception_types=[InvalidWorkflowInput])
 class AgentStepWorkflow:
     """Input `AgentStepInput`, result `AgentStepResult`.
 
@@ -77,61 +78,61 @@ class AgentStepWorkflow:
     """
 
     def __init__(self) -> None:
-        self._messages: list[ChatMessage] = []
-        self._usage = TokenUsage()
-        self._model: str | None = None
-        self._tool_calls = 0
+        self._loop = AgentLoopState(messages=[], next_call=1, transcript_start=1, runs=0)
+        """The loop's whole state; continue-as-new hands it over as it is."""
         self._reports: set[asyncio.Task[None]] = set()
 
     @workflow.run
     async def run(self, input: AgentStepInput) -> AgentStepResult:
         step = input.step
-        carried = input.carried
-        if carried is None:
-            history_start = 1 + len(input.history)
-            self._messages = [
-                {"role": "system", "content": input.instructions},
-                *input.history,
-                first_user_message(input.input, input.context),
-            ]
-            repairs, first = 0, 1
+        if input.carried is None:
+            self._loop = AgentLoopState(
+                messages=[
+                    {"role": "system", "content": input.instructions},
+                    *input.history,
+                    first_user_message(input.input, input.context),
+                ],
+                next_call=1,
+                transcript_start=1 + len(input.history),
+                runs=0,
+            )
         else:
-            history_start = carried.transcript_start
-            self._messages = list(carried.messages)
-            self._usage = carried.usage
-            self._model = carried.model
-            self._tool_calls = carried.tool_calls
-            repairs, first = carried.repairs, carried.next_call
+            self._loop = input.carried.model_copy(update={"messages": list(input.carried.messages)})
+        loop = self._loop
+        first = loop.next_call
         for number in range(first, step.max_model_calls + 1):
+            loop.next_call = number
             if number > first and self._continue_suggested():
-                await self._continue_as_new(input, number, history_start, repairs)
+                await self._continue_as_new(input)
             reply = await self._call_model(input, number)
-            self._messages.append(reply.message)
+            loop.messages.append(reply.message)
             if reply.tool_calls:
                 if number < step.max_model_calls:
-                    self._messages.extend(await self._run_tools(input, number, reply.tool_calls))
+                    loop.messages.extend(await self._run_tools(input, number, reply.tool_calls))
                 continue
             if reply.output_error is None:
                 return AgentStepResult(
                     output=reply.output,
                     model=reply.model,
-                    usage=self._usage,
-                    tool_calls=self._tool_calls,
-                    repairs=repairs,
-                    transcript=self._messages[history_start:] if input.keep_transcript else None,
+                    usage=loop.usage,
+                    tool_calls=loop.tool_calls,
+                    repairs=loop.repairs,
+                    transcript=(
+                        loop.messages[loop.transcript_start :] if input.keep_transcript else None
+                    ),
                 )
-            if repairs == step.max_output_repairs:
+            if loop.repairs == step.max_output_repairs:
                 self._fail(
-                    f"the answer does not match the output schema after {repairs} "
-                    f"repair{'s' if repairs != 1 else ''}: {reply.output_error}",
-                    OUTPUT_INVALID,
+                    f"the answer does not match the output schema after {loop.repairs} "
+                    f"repair{'s' if loop.repairs != 1 else ''}: {reply.output_error}",
+                    ErrorType.OUTPUT_SCHEMA_MISMATCH,
                 )
-            repairs += 1
-            self._messages.append(repair_request(reply.output_error))
+            loop.repairs += 1
+            loop.messages.append(repair_request(reply.output_error))
         self._fail(
             f"no final answer after {step.max_model_calls} model calls "
             f"(max_model_calls: {step.max_model_calls})",
-            MAX_MODEL_CALLS_EXCEEDED,
+            ErrorType.MAX_MODEL_CALLS_EXCEEDED,
         )
 
     def _continue_suggested(self) -> bool:
@@ -141,27 +142,18 @@ class AgentStepWorkflow:
         """
         return (
             workflow.info().is_continue_as_new_suggested()
-            and conversation_size(self._messages) <= MAX_CONVERSATION_BYTES
+            and conversation_size(self._loop.messages) <= MAX_CONVERSATION_BYTES
             and workflow.patched(CONTINUE_AS_NEW_PATCH)
         )
 
-    async def _continue_as_new(
-        self, input: AgentStepInput, number: int, history_start: int, repairs: int
-    ) -> NoReturn:
-        """Go on in a new run with the conversation so far; model call `number` is next."""
+    async def _continue_as_new(self, input: AgentStepInput) -> NoReturn:
+        """Go on in a new run with the loop state so far; its `next_call` is next."""
         await workflow.wait_condition(lambda: not self._reports)  # progress reports sent
-        carried = AgentCarry(
-            messages=self._messages,
-            next_call=number,
-            transcript_start=history_start,
-            usage=self._usage,
-            model=self._model,
-            tool_calls=self._tool_calls,
-            repairs=repairs,
-            runs=(input.carried.runs if input.carried else 0) + 1,
-        )
+        carried = self._loop.model_copy(update={"runs": self._loop.runs + 1})
         workflow.logger.info(
-            "continuing as new before model call %d: run %d of the chain", number, carried.runs + 1
+            "continuing as new before model call %d: run %d of the chain",
+            carried.next_call,
+            carried.runs + 1,
         )
         # The conversation holds the instructions, history, context and input: not sent twice.
         workflow.continue_as_new(
@@ -177,14 +169,15 @@ class AgentStepWorkflow:
         )
 
     def _fail(self, message: str, error_type: str) -> NoReturn:
+        """Fail the step for good; the details give the pipeline the model and tokens so far."""
         raise ApplicationError(
             message,
             {
-                "model": self._model,
-                "usage": self._usage.model_dump(),
-                "tool_calls": self._tool_calls,
+                "model": self._loop.model,
+                "usage": self._loop.usage.model_dump(),
+                "tool_calls": self._loop.tool_calls,
             },
-            type=error_type,
+            type=str(error_type),
             non_retryable=True,
         )
 
@@ -215,18 +208,19 @@ class AgentStepWorkflow:
 
     async def _call_model(self, input: AgentStepInput, number: int) -> ModelCallOutput:
         step = input.step
-        size = conversation_size(self._messages)
+        loop = self._loop
+        size = conversation_size(loop.messages)
         if size > MAX_CONVERSATION_BYTES:
             # Past Temporal's payload limit the call could never be scheduled; fail clearly instead.
             self._fail(
                 f"the conversation has grown to {size:,} bytes, over the "
                 f"{MAX_CONVERSATION_BYTES:,} a model call may carry; give the step tools with "
                 "smaller outputs, or fewer model calls",
-                CONVERSATION_TOO_LARGE,
+                ErrorType.CONVERSATION_TOO_LARGE,
             )
         self._report_progress(
             StepProgress(
-                step=step.id, model_call=number, usage=self._usage, tool_calls=self._tool_calls
+                step=step.id, model_call=number, usage=loop.usage, tool_calls=loop.tool_calls
             )
         )
         try:
@@ -235,7 +229,7 @@ class AgentStepWorkflow:
                 ModelCallInput(
                     step_id=step.id,
                     model=step.model,
-                    messages=self._messages,
+                    messages=loop.messages,
                     tools=step.tools,
                     parallel_tool_calls=step.tool_calls == "parallel",
                     output_schema=step.output_schema,
@@ -250,16 +244,15 @@ class AgentStepWorkflow:
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError(str(err.cause)) from None
-            cause = err.cause
-            if isinstance(cause, ApplicationError):
-                self._fail(f"model call {number} failed: {cause.message}", cause.type or "Error")
-            self._fail(f"model call {number} failed: {cause or err}", type(cause or err).__name__)
-        self._usage = self._usage.plus(reply.usage)
-        self._model = reply.model
+            # A timed-out call fails the step as `Timeout`, as a timed-out tool step does.
+            failure = activity_failure(err, input.model_retry)
+            self._fail(f"model call {number} failed: {failure.message}", failure.error_type)
+        loop.usage = loop.usage.plus(reply.usage)
+        loop.model = reply.model
         if reply.tool_calls:
             # Its tools may run for long: the pipeline's tokens so far include this call now.
             self._report_progress(
-                StepProgress(step=step.id, usage=self._usage, tool_calls=self._tool_calls)
+                StepProgress(step=step.id, usage=loop.usage, tool_calls=loop.tool_calls)
             )
         return reply
 
@@ -290,7 +283,7 @@ class AgentStepWorkflow:
     ) -> ChatMessage:
         if call.error is not None or call.arguments is None:
             return tool_error(call.id, call.error or "the call was not understood")
-        self._tool_calls += 1
+        self._loop.tool_calls += 1
         if room is not None:
             async with room:  # takes no turn while there is room: what runs is as it was
                 return await self._call_tool(input, number, index, call)

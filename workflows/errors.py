@@ -17,6 +17,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+import pydantic
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -26,7 +27,8 @@ from temporalio.exceptions import (
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeout
 
-from stepflow.workflows.models import RetrySpec, StepStatus
+from stepflow.workflows.models import PipelineInput, RetrySpec
+from stepflow.workflows.records import StepStatus
 
 
 class ErrorType(StrEnum):
@@ -35,6 +37,11 @@ class ErrorType(StrEnum):
     # The pipeline and its run.
     INVALID_PIPELINE = "InvalidPipeline"
     """The spec or its inputs fail validation: the run fails before any step starts."""
+    INVALID_WORKFLOW_INPUT = "ValidationError"
+    """A run was started (around the client) with an input that is not a pipeline's.
+
+    The value is the one such runs have always failed with.
+    """
     PIPELINE_FAILED = "PipelineFailed"
     """A step with `on_failure: fail` failed for good; the details hold the `PipelineResult`."""
     INVALID_REFERENCE = "InvalidReference"
@@ -115,6 +122,39 @@ _STATUS_OF = {ErrorType.TIMEOUT: StepStatus.TIMED_OUT, ErrorType.CANCELLED: Step
 def status_of(error_type: str) -> StepStatus:
     """The status a step ends in when it fails with `error_type`."""
     return _STATUS_OF.get(error_type, StepStatus.FAILED)  # type: ignore[call-overload]
+
+
+class InvalidWorkflowInput(ApplicationError):
+    """A workflow's own input is invalid: the run fails at once instead of retrying its task.
+
+    The only exception the workflows declare in `failure_exception_types`. Any
+    other error in workflow code (a pydantic `ValidationError` from a model a
+    deploy tightened while runs were in flight, say) fails the workflow task
+    instead: Temporal retries it, and the run waits for a fixed worker.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=ErrorType.INVALID_WORKFLOW_INPUT.value, non_retryable=True)
+
+
+class CheckedPipelineInput(PipelineInput):
+    """`PipelineInput` as the pipeline workflow reads it: a non-pipeline input fails the run.
+
+    Only a run's first input: a continued run's input that no longer parses is
+    a model a deploy tightened under running runs, and waits for a fixed worker.
+    Callers (and type checkers) see `PipelineInput`: this class only tells the
+    SDK how to read the workflow's input.
+    """
+
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _fail_the_run(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except pydantic.ValidationError as err:
+            if isinstance(data, dict) and data.get("carried") is not None:
+                raise
+            raise InvalidWorkflowInput(str(err)) from None
 
 
 class StepFailure(Exception):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic_core import to_json
 
 from stepflow.workflows.control import RunStatus
-from stepflow.workflows.models import StepRecord, StepStatus
+from stepflow.workflows.models import StepRecord, StepStatus, TokenUsage
 
 ACTIVE = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
 """A step in one of these has not ended yet."""
@@ -30,6 +33,14 @@ def live_status(records: list[StepRecord], paused: bool) -> RunStatus:
 
 def counts(records: list[StepRecord]) -> dict[StepStatus, int]:
     return dict(Counter(r.status for r in records))
+
+
+def total_usage(records: list[StepRecord]) -> TokenUsage:
+    """Tokens of every agent step, running ones too."""
+    usage = TokenUsage()
+    for record in records:
+        usage = usage.plus(record.usage)
+    return usage
 
 
 def elapsed(record: StepRecord, now: datetime) -> timedelta | None:
@@ -80,3 +91,52 @@ def details_markdown(
             f"{_seconds(elapsed(record, now))} |"
         )
     return "\n".join(lines)
+
+
+STATUS_OUTPUT_MAX_BYTES = 64 * 1024
+"""An output larger than this (as JSON) is summarised in the `status` answer."""
+STATUS_OUTPUTS_BUDGET = 512 * 1024
+"""Outputs shown whole in one `status` answer, together; past it the rest are summarised.
+
+A query's answer travels inline when no payload store keeps it: a few outputs
+of a megabyte each would pass Temporal's 2 MB payload and gRPC's 4 MB message
+limits, and `stepflow status` would fail on a run that is doing fine.
+"""
+SUMMARY_PREVIEW_CHARS = 80
+
+
+def summarised(records: list[StepRecord]) -> list[StepRecord]:
+    """Records for the `status` answer: outputs past the bounds replaced by a summary.
+
+    The summary is `{"$summary": "<1.5 MB str>", "preview": "<its first characters>"}`;
+    the run's result keeps every output whole.
+    """
+    shown: list[StepRecord] = []
+    spent = 0
+    for record in records:
+        if record.output is None:
+            shown.append(record)
+            continue
+        size = len(to_json(record.output, fallback=str))
+        if size <= STATUS_OUTPUT_MAX_BYTES and spent + size <= STATUS_OUTPUTS_BUDGET:
+            spent += size
+            shown.append(record)
+        else:
+            shown.append(record.model_copy(update={"output": summary(record.output, size)}))
+    return shown
+
+
+def summary(value: Any, size: int) -> dict[str, str]:
+    """A small stand-in for a large value: its size and type, and how it begins."""
+    text = value if isinstance(value, str) else to_json(value, fallback=str).decode()
+    return {
+        "$summary": f"<{_size_text(size)} {type(value).__name__}>",
+        "preview": text[:SUMMARY_PREVIEW_CHARS],
+    }
+
+
+def _size_text(size: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

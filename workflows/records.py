@@ -1,0 +1,88 @@
+"""What a run keeps about each step: its status, record and token usage; chat messages.
+
+Durable contracts like the rest of `models`: the `status` query, the pipeline's
+result and continue-as-new all carry them. Pure models: imported in the
+workflow sandbox.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ChatMessage = dict[str, Any]
+"""One Chat Completions message as the API spells it (`role`, `content`, `tool_calls`...)."""
+
+
+class StepStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    WAITING = "WAITING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    SKIPPED = "SKIPPED"
+    CANCELLED = "CANCELLED"
+
+
+class TokenUsage(BaseModel):
+    """Tokens the model calls of a step (or a whole pipeline) used, as the model reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    model_calls: int = 0
+
+    def plus(self, other: TokenUsage | None) -> TokenUsage:
+        if other is None:
+            return self
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            model_calls=self.model_calls + other.model_calls,
+        )
+
+
+class StepRecord(BaseModel):
+    """What happened to one step."""
+
+    id: str
+    kind: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    reason: str | None = Field(default=None, description="Why the step was skipped or cancelled.")
+    used_fallback: bool = False
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    model: str | None = Field(
+        default=None, description="Agent steps: the model that answered (`offline`: built-in)."
+    )
+    usage: TokenUsage | None = Field(default=None, description="Agent steps: tokens used.")
+    tool_calls: int | None = Field(default=None, description="Agent steps: tool calls made.")
+    model_call: int | None = Field(
+        default=None, description="Agent steps: the number of the model call running or last made."
+    )
+    max_model_calls: int | None = Field(default=None, description="Agent steps: the step's limit.")
+    waiting_for: Literal["approval", "input"] | None = Field(
+        default=None, description="Approval and input steps: what the step waits for."
+    )
+    message: str | None = Field(
+        default=None, description="Approval and input steps: what the person is asked (rendered)."
+    )
+    comment: str | None = Field(
+        default=None, description="The comment given with an approval, rejection or cancel."
+    )
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at

@@ -1,0 +1,196 @@
+"""`DagScheduler`: which steps of a pipeline's DAG start next, and what a settled step means.
+
+Pure Python, no Temporal: the pipeline workflow asks it what to start and tells it
+what ended; it knows nothing of activities, records or time, so it is tested
+without a server (tests/test_scheduler.py).
+
+The rules:
+- a step is ready once every step it depends on has succeeded; ready steps start
+  in the order the spec lists them;
+- at most `max_concurrency` steps run at once; approval and input steps wait for
+  a person and take no slot;
+- a step that ends without succeeding skips its pending dependents, and theirs,
+  each with the reason ("dependency 'x' failed");
+- once halted (the run fails or is cancelled) nothing starts or is skipped any
+  more: the caller ends every pending step with its own reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from stepflow.workflows.records import StepStatus
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step as the scheduler sees it."""
+
+    id: str
+    depends_on: Sequence[str] = ()
+    human: bool = False
+    """Waits for a person (approval, input): takes no concurrency slot."""
+
+
+Skip = tuple[str, str]
+"""A step skipped because of a dependency, and why."""
+
+
+class DagScheduler:
+    """The ready set of one pipeline run, indexed once so each settled step costs its dependents."""
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        max_concurrency: int,
+        statuses: Mapping[str, StepStatus] | None = None,
+    ) -> None:
+        """Index the DAG.
+
+        Args:
+            nodes: Every step, in spec order.
+            max_concurrency: Steps other than human ones running at once.
+            statuses: Where each step stands when a continued run takes over; missing
+                steps are PENDING. Only PENDING steps can start; a dependency counts
+                as met once it SUCCEEDED.
+        """
+        statuses = statuses or {}
+        self.max_concurrency = max_concurrency
+        self._order = {n.id: i for i, n in enumerate(nodes)}
+        self._human = {n.id for n in nodes if n.human}
+        self._pending = {
+            n.id: None
+            for n in nodes
+            if statuses.get(n.id, StepStatus.PENDING) is StepStatus.PENDING
+        }
+        self._unmet = {
+            n.id: sum(
+                1
+                for d in set(n.depends_on)
+                if statuses.get(d, StepStatus.PENDING) is not StepStatus.SUCCEEDED
+            )
+            for n in nodes
+        }
+        self._dependents: dict[str, list[str]] = {n.id: [] for n in nodes}
+        for n in nodes:
+            for dep in dict.fromkeys(n.depends_on):
+                # An unknown dependency fails the run before it starts; here it must not raise.
+                self._dependents.setdefault(dep, []).append(n.id)
+        self._ready = [
+            (self._order[sid], sid)
+            for sid, n in self._unmet.items()
+            if n == 0 and sid in self._pending
+        ]
+        heapq.heapify(self._ready)
+        self._running: set[str] = set()
+        self._busy = 0
+        self.halted = False
+
+    # -- what the run asks ---------------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        """Running steps that take a slot."""
+        return self._busy
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    def is_pending(self, step_id: str) -> bool:
+        return step_id in self._pending
+
+    def has_ready(self) -> bool:
+        return any(sid in self._pending for _, sid in self._ready)
+
+    def can_start(self) -> bool:
+        """A ready step could start now: there is a free slot, or a person to ask."""
+        return (
+            not self.halted
+            and self.has_ready()
+            and (self._busy < self.max_concurrency or self._human_ready())
+        )
+
+    def _human_ready(self) -> bool:
+        return any(sid in self._human and sid in self._pending for _, sid in self._ready)
+
+    # -- what the run tells it ------------------------------------------------------
+
+    def start_ready(self) -> list[str]:
+        """Every ready step there is room for, in spec order; they count as running now."""
+        if self.halted:
+            return []
+        started: list[str] = []
+        deferred = []
+        while self._ready:
+            entry = heapq.heappop(self._ready)
+            step_id = entry[1]
+            if step_id not in self._pending:
+                continue  # cancelled while it waited its turn
+            human = step_id in self._human
+            if not human and self._busy >= self.max_concurrency:
+                deferred.append(entry)
+                continue
+            self._start(step_id)
+            started.append(step_id)
+        for entry in deferred:
+            heapq.heappush(self._ready, entry)
+        return started
+
+    def resume(self, step_id: str) -> None:
+        """A step a continued run took over running (a person still to answer) runs here too."""
+        self._pending.pop(step_id, None)
+        self._start(step_id)
+
+    def _start(self, step_id: str) -> None:
+        self._pending.pop(step_id, None)
+        self._running.add(step_id)
+        if step_id not in self._human:
+            self._busy += 1
+
+    def settle(self, step_id: str, status: StepStatus) -> list[Skip]:
+        """`step_id` (running or still pending) ended in `status`: release or skip its dependents.
+
+        Returns:
+            The steps skipped because of it, transitively, each with its reason.
+        """
+        if step_id in self._running:
+            self._running.discard(step_id)
+            if step_id not in self._human:
+                self._busy -= 1
+        self._pending.pop(step_id, None)
+        if status is StepStatus.SUCCEEDED:
+            for dependent in self._dependents[step_id]:
+                self._unmet[dependent] -= 1
+                if self._unmet[dependent] == 0:
+                    heapq.heappush(self._ready, (self._order[dependent], dependent))
+            return []
+        if self.halted:
+            return []  # the whole run stops; the caller gives every pending step its reason
+        skipped: list[Skip] = []
+        blocked = [(step_id, status)]
+        while blocked:
+            cause, cause_status = blocked.pop()
+            for dependent in self._dependents[cause]:
+                if dependent in self._pending:
+                    del self._pending[dependent]
+                    reason = f"dependency {cause!r} {cause_status.value.lower().replace('_', ' ')}"
+                    skipped.append((dependent, reason))
+                    blocked.append((dependent, StepStatus.SKIPPED))
+        return skipped
+
+    def halt(self) -> None:
+        """The run fails: nothing starts any more, and failures skip nothing on their own."""
+        self.halted = True
+
+    def stop(self) -> list[str]:
+        """Halt, forget the running steps, and hand back every pending step in spec order."""
+        self.halt()
+        self._ready.clear()
+        self._running.clear()
+        self._busy = 0
+        pending = sorted(self._pending, key=self._order.__getitem__)
+        self._pending.clear()
+        return pending

@@ -1,0 +1,312 @@
+"""The pipeline spec: what a user writes (YAML or Python), and the settings each step resolves to.
+
+Durable contracts like the rest of `models` (which re-exports every name here):
+a run's input carries its spec. Pure models: imported in the workflow sandbox.
+Unknown keys are errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stepflow.workflows.durations import PositiveDuration
+
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+DEFAULT_START_TO_CLOSE = timedelta(minutes=5)
+"""Applies when neither the step nor the pipeline sets a start-to-close or schedule-to-close."""
+
+
+class SpecModel(BaseModel):
+    """Base of everything a user writes: unknown keys (typos) are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrySpec(SpecModel):
+    """How Temporal retries a step's activity.
+
+    A field left out (None) is inherited: from the pipeline's `defaults`, then
+    from the built-in default named in its description. None rather than the
+    default itself, so that a step setting only `max_attempts` still gets the
+    pipeline's intervals, also after the spec has travelled through history.
+    """
+
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="Attempts in all, the first included (default 3)."
+    )
+    initial_interval: PositiveDuration | None = Field(
+        default=None, description="Wait before the first retry (default 1s)."
+    )
+    backoff_coefficient: float | None = Field(
+        default=None, ge=1.0, description="Each retry waits this many times longer (default 2)."
+    )
+    max_interval: PositiveDuration | None = Field(
+        default=None, description="Longest wait between retries (default 100 x initial)."
+    )
+    non_retryable_errors: list[str] | None = Field(
+        default=None,
+        description="Error type names (exception class names) that fail the step at once.",
+    )
+
+
+BUILTIN_RETRY = RetrySpec(
+    max_attempts=3,
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    non_retryable_errors=[],
+)
+
+
+class TimeoutSpec(SpecModel):
+    """Temporal's activity timeouts; a field left out (None) is inherited from the defaults."""
+
+    start_to_close: PositiveDuration | None = Field(
+        default=None, description="Longest a single attempt may run."
+    )
+    schedule_to_close: PositiveDuration | None = Field(
+        default=None, description="Longest the step may take, all retries included."
+    )
+    heartbeat: PositiveDuration | None = Field(
+        default=None, description="An attempt that does not heartbeat this often is retried."
+    )
+
+
+class Fallback(SpecModel):
+    """`on_failure: {fallback: VALUE}`: the step's output becomes VALUE and dependents run."""
+
+    fallback: Any
+
+
+OnFailure = Literal["fail", "continue"] | Fallback
+"""`fail` ends the pipeline, `continue` skips the step's dependents, a fallback stands in."""
+
+
+class StepDefaults(SpecModel):
+    """Pipeline-wide retry and timeout settings; a step overrides them field by field."""
+
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    timeout: TimeoutSpec = Field(default_factory=TimeoutSpec)
+
+
+InputType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
+
+
+class InputSpec(SpecModel):
+    """A pipeline input. Without a `default` it is required."""
+
+    type: InputType = "string"
+    default: Any = None
+    description: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return "default" not in self.model_fields_set
+
+
+class StepBase(SpecModel):
+    """What every kind of step has."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN, description="Unique within the pipeline.")
+    description: str | None = None
+    depends_on: list[str] = Field(
+        default_factory=list, description="Steps that must succeed before this one starts."
+    )
+    on_failure: OnFailure = "fail"
+
+
+class ActivityStepBase(StepBase):
+    """Steps that run activities, and so have Temporal's retry and timeout settings."""
+
+    retry: RetrySpec | None = None
+    timeout: TimeoutSpec | None = None
+
+
+class ToolStep(ActivityStepBase):
+    """Calls one registered tool as one Temporal activity."""
+
+    kind: Literal["tool"]
+    tool: str = Field(description="Name of a registered tool.")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments; strings may hold {{ inputs.X }} or {{ steps.ID.output }}.",
+    )
+
+
+OutputSchema = dict[str, Any] | str
+"""An inline JSON schema, or the import path of a pydantic model: `"package.module:Model"`."""
+
+
+class AgentStep(ActivityStepBase):
+    """A conversation with a model that may call tools, run as a child `AgentStepWorkflow`.
+
+    Each model call and each tool call is its own activity. `retry` and
+    `timeout` apply to both kinds of call; `model_retry`/`model_timeout` and
+    `tool_retry`/`tool_timeout` override them for one kind, field by field.
+    """
+
+    kind: Literal["agent"]
+    instructions: str = Field(description="The system prompt; may hold {{ inputs.X }}.")
+    input: Any = Field(
+        default=None,
+        description="What the step works on: text or JSON, templated like a tool step's args.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="A model name from the worker's configuration; absent: the worker's default.",
+    )
+    tools: list[str] = Field(
+        default_factory=list, description="The only registered tools this step may call."
+    )
+    max_model_calls: int = Field(
+        default=10, ge=1, le=1000, description="The step fails when it has made this many calls."
+    )
+    tool_calls: Literal["parallel", "sequential"] = Field(
+        default="parallel", description="Run the tool calls of one model reply at once or in turn."
+    )
+    output_schema: OutputSchema | None = Field(
+        default=None,
+        description="The final answer must match it (JSON); absent means plain text.",
+    )
+    max_output_repairs: int = Field(
+        default=2, ge=0, le=20, description="Invalid answers sent back to the model to fix."
+    )
+    model_retry: RetrySpec | None = None
+    model_timeout: TimeoutSpec | None = None
+    tool_retry: RetrySpec | None = None
+    tool_timeout: TimeoutSpec | None = None
+
+
+class ApprovalStep(StepBase):
+    """Waits until someone approves or rejects (`stepflow approve|reject`, the `approve` update).
+
+    Approval succeeds with `{"approved": true, "comment": ..., "by": "user"|"timeout"}`;
+    rejection fails the step (type `Rejected`) and `on_failure` applies. The wait
+    is durable: it survives worker restarts and may last for days.
+    """
+
+    kind: Literal["approval"]
+    message: str | None = Field(
+        default=None, description="What the approver is asked; may hold {{ ... }} references."
+    )
+    timeout: PositiveDuration | None = Field(
+        default=None, description="How long to wait (a durable timer); absent: for ever."
+    )
+    on_timeout: Literal["approve", "reject", "fail"] | None = Field(
+        default=None,
+        description="When the timeout fires: approve, reject, or fail the step as TIMED_OUT "
+        "(absent: fail).",
+    )
+
+
+class InputStep(StepBase):
+    """Waits for a value someone gives (`stepflow input`, the `input` update); it is the output.
+
+    The value must match `schema` (JSON Schema; absent: anything). On timeout
+    the step is TIMED_OUT; `on_failure: {fallback: ...}` turns that into a default.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Literal["input"]
+    message: str | None = Field(
+        default=None, description="What the person is asked; may hold {{ ... }} references."
+    )
+    value_schema: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="JSON Schema of the value."
+    )
+    timeout: PositiveDuration | None = Field(
+        default=None, description="How long to wait (a durable timer); absent: for ever."
+    )
+
+
+HumanStep = ApprovalStep | InputStep
+"""Steps that wait for a person rather than run an activity."""
+
+Step = Annotated[ToolStep | AgentStep | ApprovalStep | InputStep, Field(discriminator="kind")]
+
+ContextMode = Literal["dependencies", "full"]
+"""What an agent step sees besides its input: the outputs of the steps it declares
+(`dependencies`, the default), or every earlier step's output and conversation (`full`,
+the whole-history baseline that `bench/context.py` compares against)."""
+
+
+class PipelineSpec(SpecModel):
+    """A pipeline: a DAG of steps, written in YAML or built in Python."""
+
+    name: str = Field(pattern=PIPELINE_NAME_PATTERN, description="Lowercase; starts run ids.")
+    description: str | None = None
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=10, ge=1, le=1000)
+    context: ContextMode = "dependencies"
+    defaults: StepDefaults = Field(default_factory=StepDefaults)
+    steps: list[Step] = Field(min_length=1)
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def _layered(*layers: BaseModel | None) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is not None:
+            merged.update(
+                {
+                    k: getattr(layer, k)
+                    for k in type(layer).model_fields
+                    if getattr(layer, k) is not None
+                }
+            )
+    return merged
+
+
+def effective_retry(step: ActivityStepBase, defaults: StepDefaults) -> RetrySpec:
+    """The step's retry settings over the pipeline's over the built-in ones, field by field."""
+    return RetrySpec.model_validate(_layered(BUILTIN_RETRY, defaults.retry, step.retry))
+
+
+def effective_timeout(
+    step: ActivityStepBase, defaults: StepDefaults, override: TimeoutSpec | None = None
+) -> TimeoutSpec:
+    """The step's timeouts over the pipeline's, with a 5 minute start-to-close if none is set."""
+    result = TimeoutSpec.model_validate(_layered(defaults.timeout, step.timeout, override))
+    if result.start_to_close is None and result.schedule_to_close is None:
+        result.start_to_close = DEFAULT_START_TO_CLOSE
+    return result
+
+
+BUILTIN_MODEL_RETRY = RetrySpec(max_attempts=5)
+"""Model APIs rate-limit: their calls get two more attempts than tool calls by default."""
+
+DEFAULT_MODEL_HEARTBEAT = timedelta(seconds=30)
+"""The model activity heartbeats while it waits, so a lost worker's call is retried in 30 s."""
+
+
+def model_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
+    return RetrySpec.model_validate(
+        _layered(BUILTIN_RETRY, BUILTIN_MODEL_RETRY, defaults.retry, step.retry, step.model_retry)
+    )
+
+
+def model_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:
+    result = effective_timeout(step, defaults, step.model_timeout)
+    if result.heartbeat is None:
+        result.heartbeat = DEFAULT_MODEL_HEARTBEAT
+    return result
+
+
+def tool_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
+    return RetrySpec.model_validate(
+        _layered(BUILTIN_RETRY, defaults.retry, step.retry, step.tool_retry)
+    )
+
+
+def tool_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:
+    return effective_timeout(step, defaults, step.tool_timeout)

@@ -1,0 +1,76 @@
+"""Agent steps: a child `AgentStepWorkflow` that sees only what the pipeline's context allows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import CancelledError, ChildWorkflowError
+
+from stepflow.workflows.errors import child_failure
+from stepflow.workflows.models import (
+    AGENT_STEP_WORKFLOW,
+    AgentStep,
+    AgentStepInput,
+    AgentStepResult,
+    StepRecord,
+    model_call_retry,
+    model_call_timeout,
+    tool_call_retry,
+    tool_call_timeout,
+)
+from stepflow.workflows.steps.base import StepContext, idempotency_key
+
+
+def agent_workflow_id(step_id: str) -> str:
+    """The id of an agent step's child workflow: `<pipeline's workflow id>/<step id>`."""
+    return f"{workflow.info().workflow_id}/{step_id}"
+
+
+class AgentRunner:
+    async def run(self, ctx: StepContext, step: AgentStep, record: StepRecord, resume: bool) -> Any:
+        record.max_model_calls = step.max_model_calls
+        agent = await self.call(ctx, step)
+        record.attempts = 1
+        record.model = agent.model
+        record.usage = agent.usage
+        record.tool_calls = agent.tool_calls
+        ctx.state.transcripts.extend(agent.transcript or [])
+        return agent.output
+
+    async def call(self, ctx: StepContext, step: AgentStep) -> AgentStepResult:
+        spec = ctx.spec
+        instructions = ctx.render(step, step.instructions)
+        step_input = ctx.render(step, step.input)
+        declared = ctx.state.outputs(step.depends_on)
+        full = spec.context == "full"
+        try:
+            return await workflow.execute_child_workflow(
+                AGENT_STEP_WORKFLOW,
+                AgentStepInput(
+                    pipeline=spec.name,
+                    step=step,
+                    instructions=str(instructions),
+                    input=step_input,
+                    # Only what the step declared, unless the pipeline asks for the whole history.
+                    context=ctx.state.outputs() if full else declared,
+                    history=list(ctx.state.transcripts) if full else [],
+                    keep_transcript=full,
+                    model_retry=model_call_retry(step, spec.defaults),
+                    model_timeout=model_call_timeout(step, spec.defaults),
+                    tool_retry=tool_call_retry(step, spec.defaults),
+                    tool_timeout=tool_call_timeout(step, spec.defaults),
+                    idempotency_prefix=idempotency_key(step.id),
+                    routing=ctx.routing,
+                ),
+                result_type=AgentStepResult,
+                id=agent_workflow_id(step.id),
+                static_summary=f"agent step {step.id}",
+            )
+        except ChildWorkflowError as err:
+            if isinstance(err.cause, CancelledError) and ctx.cancelling():
+                raise asyncio.CancelledError(str(err.cause)) from None
+            # Otherwise someone cancelled just this step (Web UI, CLI): it ends, and the
+            # pipeline goes on as its on_failure says.
+            raise child_failure(err) from None
