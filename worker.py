@@ -22,10 +22,7 @@ import signal
 import sys
 import urllib.parse
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from datetime import timedelta
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -33,18 +30,15 @@ from pydantic_settings import SettingsError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from stepflow.activities import progress
-from stepflow.activities.misrouted import refuse_model_calls
-from stepflow.activities.model_call import model_call
 from stepflow.activities.model_endpoint import ModelNotConfigured, resolve_endpoint
 from stepflow.activities.registry import ToolDefinition, load_tool_modules
-from stepflow.activities.tool_activities import tool_activities
 from stepflow.runtime import exit_now
 from stepflow.runtime.connection import ConnectionFailed, connect
 from stepflow.runtime.devserver import WORKER_READY_LINE, DevServerError, ensure_dev_server
 from stepflow.runtime.encryption import describe_encryption
 from stepflow.runtime.logging import configure_logging
 from stepflow.runtime.payload_storage import describe_store, payload_dir
+from stepflow.runtime.plugin import WORKFLOWS, StepflowPlugin, stepflow_worker
 from stepflow.runtime.routing import (
     MODELS,
     QueueService,
@@ -60,12 +54,10 @@ from stepflow.runtime.telemetry import (
     metrics_runtime,
     shutdown_tracing,
 )
-from stepflow.workflows.agent import AgentStepWorkflow
-from stepflow.workflows.pipeline import PipelineWorkflow
+
+__all__ = ["WORKER_READY_LINE", "WORKFLOWS", "build_worker", "build_workers", "load_settings"]
 
 log = structlog.get_logger("stepflow.worker")
-
-WORKFLOWS = [PipelineWorkflow, AgentStepWorkflow]
 
 
 def build_worker(
@@ -77,8 +69,11 @@ def build_worker(
 ) -> Worker:
     """A worker for every Stepflow workflow and every registered tool, on the main queue.
 
+    Build it on the event loop it will run on: retried activities report through it.
+
     Args:
-        client: Connected with the pydantic data converter (`runtime.connection.connect`).
+        client: A client to Temporal; with Stepflow's data converter (`runtime.connection.connect`,
+            or one with `runtime.plugin.StepflowPlugin`).
         settings: Stepflow settings (tool modules, concurrency).
         tools: The tools to serve; by default the built-ins plus STEPFLOW_TOOL_MODULES.
         task_queue: Overrides `settings.task_queue` (tests use one queue each).
@@ -113,36 +108,8 @@ def _queue_worker(
     serves_models: bool,
 ) -> Worker:
     """The worker of one queue; `serves_models`: this process also serves the model queue."""
-    progress.install(client)  # retried activities report through it, sync tools too
-    served = [t for t in tools if t.name in queue.tools]
-    activities: list[Any] = [model_call] if queue.model_calls else []
-    if queue.workflows and settings.model_task_queue and not serves_models:
-        # Model calls belong on their queue; one that lands here was started without routing.
-        activities = [refuse_model_calls(settings.model_task_queue)]
-    activities += tool_activities(served)
-    return Worker(
-        client,
-        task_queue=queue.task_queue,
-        # Which queue's worker ran an activity shows in its history (ActivityTaskStarted).
-        identity=f"{client.identity}/{queue.task_queue}",
-        workflows=WORKFLOWS if queue.workflows else [],
-        activities=activities,
-        # Sync tools run here; sized like the activity slots so none waits for a thread.
-        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities)
-        if served
-        else None,
-        max_concurrent_activities=settings.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks
-        if queue.workflows
-        else None,
-        # Enforced by the server for the whole queue, whichever worker polls.
-        max_task_queue_activities_per_second=queue.activities_per_second,
-        graceful_shutdown_timeout=timedelta(seconds=10),
-        # A cancel reaches an activity only in the answer to one of its heartbeats; the SDK's
-        # 30 s default would let a cancelled tool run on for half a minute.
-        default_heartbeat_throttle_interval=timedelta(seconds=2),
-        max_heartbeat_throttle_interval=timedelta(seconds=5),
-    )
+    plugin = StepflowPlugin(settings, tools=tools, queue=queue, serves_models=serves_models)
+    return stepflow_worker(client, plugin, queue.task_queue)
 
 
 def _describe_default_model(settings: Settings) -> str:

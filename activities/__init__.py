@@ -1,4 +1,4 @@
-"""Everything that touches the outside world: tools (and, later, model calls).
+"""Everything that touches the outside world: tools and model calls.
 
 Write a tool::
 

@@ -9,30 +9,31 @@ saying why.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from stepflow.workflows.errors import ErrorType
 from stepflow.workflows.models import MODEL_CALL_ACTIVITY, ModelCallInput, ModelCallOutput
 
-MISROUTED = "ModelCallMisrouted"
 
+class MisroutedModelCalls:
+    """The `model_call` activity of a main-queue worker that does not serve the model queue."""
 
-def refuse_model_calls(model_queue: str) -> Callable[[ModelCallInput], Awaitable[ModelCallOutput]]:
-    """The `model_call` activity of a main-queue worker that does not serve `model_queue`."""
+    def __init__(self, model_queue: str) -> None:
+        """The refusal of calls meant for `model_queue`.
+
+        Args:
+            model_queue: Where model calls run (STEPFLOW_MODEL_TASK_QUEUE), for the message.
+        """
+        self.model_queue = model_queue
 
     @activity.defn(name=MODEL_CALL_ACTIVITY)
-    async def misrouted_model_call(call: ModelCallInput) -> ModelCallOutput:
-        raise ApplicationError(
+    async def misrouted_model_call(self, call: ModelCallInput) -> ModelCallOutput:
+        """Fail the call for good, saying where it should have gone."""
+        raise ErrorType.MODEL_CALL_MISROUTED.error(
             f"this model call came to the main task queue, but model calls run on "
-            f"{model_queue!r} (STEPFLOW_MODEL_TASK_QUEUE): the run was started without that "
-            "routing. Start runs with the same STEPFLOW_MODEL_TASK_QUEUE as the workers, or "
-            "let a main-queue worker serve model calls too (python worker.py --serve "
+            f"{self.model_queue!r} (STEPFLOW_MODEL_TASK_QUEUE): the run was started without "
+            "that routing. Start runs with the same STEPFLOW_MODEL_TASK_QUEUE as the workers, "
+            "or let a main-queue worker serve model calls too (python worker.py --serve "
             "workflows,models)",
             {"attempt": activity.info().attempt},
-            type=MISROUTED,
-            non_retryable=True,
         )
-
-    return misrouted_model_call

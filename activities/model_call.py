@@ -7,6 +7,9 @@ with malformed JSON or with arguments that fail the tool's schema come back
 marked with the error (the workflow never runs them, the model reads why), and
 a final answer comes back parsed or with the reason it does not match the
 step's output schema. The verdicts land in history, so replay never re-judges.
+
+`ModelCallActivity` holds what the activity needs: the worker's retry reporter,
+where settings come from, and its provider clients.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -35,9 +38,10 @@ from stepflow.activities.output_schema import (
     resolve_output_schema,
     schema_instructions,
 )
-from stepflow.activities.progress import report_retry
+from stepflow.activities.progress import ProgressReporter
 from stepflow.activities.registry import get_tool
-from stepflow.runtime.settings import get_settings
+from stepflow.runtime.settings import Settings, get_settings
+from stepflow.workflows.errors import ErrorType
 from stepflow.workflows.models import (
     MODEL_CALL_ACTIVITY,
     ChatMessage,
@@ -61,32 +65,9 @@ REQUEST_DEADLINE_MARGIN = 1.0
 HEARTBEAT_EVERY = 5.0
 """Seconds between heartbeats while the model thinks (the SDK throttles them further)."""
 
-# Error types (what `retry.non_retryable_errors` and step records name).
-MODEL_RATE_LIMITED = "ModelRateLimited"
-MODEL_SERVER_ERROR = "ModelServerError"
-MODEL_TIMEOUT = "ModelTimeout"
-MODEL_CONNECTION_ERROR = "ModelConnectionError"
-MODEL_REQUEST_REJECTED = "ModelRequestRejected"
-MODEL_NOT_CONFIGURED = "ModelNotConfigured"
-INVALID_OUTPUT_SCHEMA = "InvalidOutputSchema"
-MODEL_REPLY_INVALID = "ModelReplyInvalid"
-
-_clients: dict[tuple[int, str | None, str | None], openai.AsyncOpenAI] = {}
-
-
-def _client(endpoint: ModelEndpoint) -> openai.AsyncOpenAI:
-    """One client (one connection pool) per event loop, address and key.
-
-    Per loop, because a pool's connections belong to the loop that opened them.
-    """
-    key = (id(asyncio.get_running_loop()), endpoint.base_url, endpoint.api_key)
-    client = _clients.get(key)
-    if client is None:
-        client = openai.AsyncOpenAI(
-            api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0
-        )
-        _clients[key] = client
-    return client
+SHOULD_RETRY_HEADER = "x-should-retry"
+"""The API's own word on retrying (`true`/`false`), obeyed before the status, as the openai
+client does (`_base_client._should_retry`)."""
 
 
 def tool_params(names: list[str]) -> list[dict[str, Any]]:
@@ -184,36 +165,56 @@ def _translate(err: Exception, endpoint: ModelEndpoint) -> ApplicationError:
     """Map a client error to Temporal's terms: retryable with a delay, or not at all."""
     details = {"attempt": activity.info().attempt}
     if isinstance(err, InvalidReply):
-        return ApplicationError(str(err), details, type=MODEL_REPLY_INVALID)
+        return ErrorType.MODEL_REPLY_INVALID.error(str(err), details)
     if isinstance(err, openai.APIStatusError):
-        status = err.status_code
-        message = _redact(f"model API answered {status}: {_api_message(err)}", endpoint)
-        if status in RETRYABLE_STATUS or status >= 500:
-            return ApplicationError(
-                message,
-                details,
-                type=MODEL_RATE_LIMITED if status == 429 else MODEL_SERVER_ERROR,
-                next_retry_delay=_retry_after(err.response.headers),
-            )
-        return ApplicationError(message, details, type=MODEL_REQUEST_REJECTED, non_retryable=True)
+        return _status_failure(err, endpoint, details)
     if isinstance(err, openai.APITimeoutError):
-        return ApplicationError("model API did not answer in time", details, type=MODEL_TIMEOUT)
+        return ErrorType.MODEL_TIMEOUT.error("model API did not answer in time", details)
     if isinstance(err, openai.APIConnectionError):
         cause = _redact(str(err.__cause__ or err), endpoint)
-        return ApplicationError(
-            f"cannot reach the model API: {cause}", details, type=MODEL_CONNECTION_ERROR
+        return ErrorType.MODEL_CONNECTION_ERROR.error(
+            f"cannot reach the model API: {cause}", details
         )
     return ApplicationError(_redact(str(err), endpoint), details, type=type(err).__name__)
 
 
+def _status_failure(
+    err: openai.APIStatusError, endpoint: ModelEndpoint, details: dict[str, Any]
+) -> ApplicationError:
+    """An HTTP error: its type from the status; retried if `x-should-retry` or the status says."""
+    status = err.status_code
+    message = _redact(f"model API answered {status}: {_api_message(err)}", endpoint)
+    if status == 429:
+        error_type = ErrorType.MODEL_RATE_LIMITED
+    elif status in RETRYABLE_STATUS or status >= 500:
+        error_type = ErrorType.MODEL_SERVER_ERROR
+    else:
+        error_type = ErrorType.MODEL_REQUEST_REJECTED
+    # The header decides only whether to retry; the type still says what the API answered.
+    retryable = {"true": True, "false": False}.get(
+        err.response.headers.get(SHOULD_RETRY_HEADER, ""), error_type.retryable
+    )
+    return ApplicationError(
+        message,
+        details,
+        type=error_type.value,
+        non_retryable=not retryable,
+        next_retry_delay=_retry_after(err.response.headers) if retryable else None,
+    )
+
+
 async def _complete(
+    client: Callable[[ModelEndpoint], openai.AsyncOpenAI],
     endpoint: ModelEndpoint,
     call: ModelCallInput,
     messages: list[ChatMessage],
     tools: list[dict[str, Any]],
     schema: ResolvedSchema | None,
 ) -> tuple[ChatMessage, TokenUsage]:
-    """One completion, offline or over HTTP: the assistant message and the tokens it cost."""
+    """One completion, offline or over HTTP: the assistant message and the tokens it cost.
+
+    `client`: the provider client for the endpoint.
+    """
     if endpoint.offline:
         reply = offline_completion(messages, tools, schema.json_schema if schema else None)
         usage = reply.get("usage") or {}
@@ -231,7 +232,7 @@ async def _complete(
         }
     request["timeout"] = _request_timeout()
     try:
-        completion: object = await _client(endpoint).chat.completions.create(**request)
+        completion: object = await client(endpoint).chat.completions.create(**request)
     except json.JSONDecodeError as err:
         raise InvalidReply(f"the model API answered with a body that is not JSON ({err})") from None
     message = _reply_message(completion)
@@ -336,35 +337,84 @@ def check_tool_call(raw: dict[str, Any], allowed: list[str]) -> PlannedToolCall:
     return call
 
 
-@activity.defn(name=MODEL_CALL_ACTIVITY)
-async def model_call(call: ModelCallInput) -> ModelCallOutput:
-    """Ask the step's model for its next move; check it; report the tokens."""
-    info = activity.info()
-    settings = get_settings()
-    report_retry(call.step_id, call.report_to, call.call_number)
-    try:
-        endpoint = resolve_endpoint(call.model, settings)
-        schema = resolve_output_schema(call.output_schema) if call.output_schema else None
-    except ModelNotConfigured as err:
-        raise ApplicationError(str(err), type=MODEL_NOT_CONFIGURED, non_retryable=True) from None
-    except OutputSchemaError as err:
-        # The client resolved it before the run started, so this worker lacks the module:
-        # retryable, so that deploying it (or a worker that has it) heals the run.
-        raise ApplicationError(str(err), type=INVALID_OUTPUT_SCHEMA) from None
-    bound = structlog.contextvars.bound_contextvars(
-        workflow_id=info.workflow_id,
-        step_id=call.step_id,
-        model=endpoint.name,
-        call=call.call_number,
-        attempt=info.attempt,
-    )
-    with bound:
+class ModelCallActivity:
+    """The `model_call` activity, with what it needs."""
+
+    def __init__(
+        self,
+        progress: ProgressReporter | None = None,
+        settings: Callable[[], Settings] = get_settings,
+    ) -> None:
+        """The activity, reporting retries through `progress`.
+
+        Args:
+            progress: Tells a pipeline when one of its model calls is retried (None: nobody).
+            settings: Where each call reads the settings (models, content logging) from; by
+                default the environment as it is at the call.
+        """
+        self.progress = progress
+        self.settings = settings
+        self._clients: dict[tuple[int, str | None, str | None], openai.AsyncOpenAI] = {}
+
+    def client(self, endpoint: ModelEndpoint) -> openai.AsyncOpenAI:
+        """One client (one connection pool) per event loop, address and key.
+
+        Per loop, because a pool's connections belong to the loop that opened them.
+        """
+        key = (id(asyncio.get_running_loop()), endpoint.base_url, endpoint.api_key)
+        client = self._clients.get(key)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0
+            )
+            self._clients[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the provider clients' connections (the worker has stopped)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    @activity.defn(name=MODEL_CALL_ACTIVITY)
+    async def model_call(self, call: ModelCallInput) -> ModelCallOutput:
+        """Ask the step's model for its next move; check it; report the tokens."""
+        info = activity.info()
+        settings = self.settings()
+        if self.progress is not None:
+            self.progress.report_retry(call.step_id, call.report_to, call.call_number)
+        try:
+            endpoint = resolve_endpoint(call.model, settings)
+            schema = resolve_output_schema(call.output_schema) if call.output_schema else None
+        except ModelNotConfigured as err:
+            raise ErrorType.MODEL_NOT_CONFIGURED.error(str(err)) from None
+        except OutputSchemaError as err:
+            # The client resolved it before the run started, so this worker lacks the module:
+            # retryable, so that deploying it (or a worker that has it) heals the run.
+            raise ApplicationError(str(err), type=ErrorType.INVALID_OUTPUT_SCHEMA.value) from None
+        bound = structlog.contextvars.bound_contextvars(
+            workflow_id=info.workflow_id,
+            step_id=call.step_id,
+            model=endpoint.name,
+            call=call.call_number,
+            attempt=info.attempt,
+        )
+        with bound:
+            return await self._call(call, endpoint, schema, settings)
+
+    async def _call(
+        self,
+        call: ModelCallInput,
+        endpoint: ModelEndpoint,
+        schema: ResolvedSchema | None,
+        settings: Settings,
+    ) -> ModelCallOutput:
         started = time.monotonic()
         telemetry.model_call_started(call.step_id, call.call_number, endpoint.name)
         messages = _request_messages(call.messages, schema)
         try:
             message, usage = await _with_heartbeats(
-                _complete(endpoint, call, messages, tool_params(call.tools), schema)
+                _complete(self.client, endpoint, call, messages, tool_params(call.tools), schema)
             )
         except (openai.OpenAIError, InvalidReply) as err:
             failure = _translate(err, endpoint)
@@ -377,7 +427,7 @@ async def model_call(call: ModelCallInput) -> ModelCallOutput:
             raise failure from None
         telemetry.model_call_ended(endpoint.name, started, usage)
         output = ModelCallOutput(message=message, usage=usage, model=endpoint.name)
-        output.attempt = info.attempt
+        output.attempt = activity.info().attempt
         output.tool_calls = [
             check_tool_call(raw, call.tools) for raw in message.get("tool_calls") or []
         ]

@@ -77,8 +77,9 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
+    from stepflow.activities.progress import ProgressReporter
     from stepflow.activities.registry import ToolDefinition, load_tool_modules
-    from stepflow.activities.tool_activities import tool_activities
+    from stepflow.activities.tool_activities import ToolActivities
     from stepflow.client.api import StepflowClient
     from stepflow.runtime.devserver import start_ephemeral_environment
     from stepflow.runtime.settings import Settings
@@ -208,7 +209,7 @@ def make_worker(
         client,
         task_queue=queue,
         workflows=[*WORKFLOWS, BaselineWorkflow],
-        activities=tool_activities(tools),
+        activities=ToolActivities(tools, ProgressReporter(client)).activities(),
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),

@@ -28,9 +28,10 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from stepflow.runtime.encryption import EncryptionError
-from stepflow.runtime.payload_storage import PayloadStoreError, stepflow_data_converter
+from stepflow.runtime.payload_storage import PayloadStoreError
+from stepflow.runtime.plugin import StepflowPlugin
 from stepflow.runtime.settings import Settings, get_settings
-from stepflow.runtime.telemetry import TelemetryError, tracing_interceptors
+from stepflow.runtime.telemetry import TelemetryError
 
 DEFAULT_ADDRESS = "localhost:7233"
 CONFIG_FILE_ENV = "TEMPORAL_CONFIG_FILE"
@@ -280,11 +281,12 @@ async def _check_namespace(client: Client, address: str) -> None:
 async def connect(
     profile: str | None = None, *, settings: Settings | None = None, runtime: Runtime | None = None
 ) -> Client:
-    """A client with Stepflow's data converter (`runtime.payload_storage`).
+    """A client with Stepflow's plugin (`runtime.plugin`): its data converter and interceptors.
 
     Workers and clients connect through here, so they share the payload store
-    that large results are kept in, and trace alike (`runtime.telemetry`).
-    `runtime`: the worker's, when it serves metrics.
+    that large results are kept in, encrypt and trace alike; a worker built
+    from the client is a Stepflow worker. `runtime`: the worker's, when it
+    serves metrics.
 
     Raises:
         ConnectionFailed: with the address, the setting to look at and a hint,
@@ -292,20 +294,18 @@ async def connect(
     """
     config, notes = _load(profile)
     try:
-        data_converter = stepflow_data_converter(settings or get_settings())
+        plugin = StepflowPlugin(settings or get_settings())
+    except TelemetryError as err:
+        raise ConnectionFailed(str(err)) from None
+    try:
+        plugin.converter  # noqa: B018 - made now, so that bad settings fail here, in one line
     except PayloadStoreError as err:
         raise ConnectionFailed(f"bad payload store settings: {err}") from err
     except EncryptionError as err:  # never with key material: the codec's messages hold ids only
         raise ConnectionFailed(str(err)) from None
-    try:
-        interceptors = tracing_interceptors(settings or get_settings())
-    except TelemetryError as err:
-        raise ConnectionFailed(str(err)) from None
     address = config["target_host"]
     try:
-        client = await Client.connect(
-            **config, data_converter=data_converter, interceptors=interceptors, runtime=runtime
-        )
+        client = await Client.connect(**config, plugins=[plugin], runtime=runtime)
     except Exception as err:
         text = _one_line(err)
         also = "".join(f"; note: {note}" for note in notes)

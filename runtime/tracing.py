@@ -23,7 +23,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -39,7 +39,8 @@ from temporalio import workflow
 from temporalio.contrib.opentelemetry import TracingInterceptor, TracingWorkflowInboundInterceptor
 from temporalio.worker import ExecuteWorkflowInput, WorkflowInterceptorClassInput
 
-from stepflow.workflows.models import AgentStepInput, PipelineInput
+from stepflow.workflows.models import AGENT_STEP_WORKFLOW, AgentStepInput, PipelineInput
+from stepflow.workflows.pipeline import PIPELINE_WORKFLOW
 
 
 class TracingSetupError(Exception):
@@ -150,25 +151,30 @@ class _WorkflowTracing(TracingWorkflowInboundInterceptor):
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         # The SDK's `execute_workflow`, with Stepflow's attributes on the span.
+        workflow_type = workflow.info().workflow_type
         with self._top_level_workflow_context(success_is_complete=True):
             self._completed_span(
-                f"RunWorkflow:{workflow.info().workflow_type}",
+                f"RunWorkflow:{workflow_type}",
                 kind=trace.SpanKind.SERVER,
-                additional_attributes=_workflow_attributes(input.args),
+                additional_attributes=_workflow_attributes(workflow_type, input.args),
             )
             return await self.next.execute_workflow(input)
 
 
-def _workflow_attributes(args: Sequence[Any]) -> dict[str, AttributeValue]:
+def _workflow_attributes(workflow_type: str, args: Sequence[Any]) -> dict[str, AttributeValue]:
+    # Told apart by workflow type, not `isinstance`: the sandbox has its own copy of
+    # Stepflow's input classes, which the ones imported here do not match.
     first = args[0] if args else None
-    if isinstance(first, PipelineInput):
-        return {"stepflow.pipeline": first.spec.name, "stepflow.steps": len(first.spec.steps)}
-    if isinstance(first, AgentStepInput):
+    if workflow_type == PIPELINE_WORKFLOW:
+        pipeline = cast(PipelineInput, first)
+        return {"stepflow.pipeline": pipeline.spec.name, "stepflow.steps": len(pipeline.spec.steps)}
+    if workflow_type == AGENT_STEP_WORKFLOW:
+        agent = cast(AgentStepInput, first)
         attributes: dict[str, AttributeValue] = {
-            "stepflow.pipeline": first.pipeline,
-            "stepflow.step_id": first.step.id,
+            "stepflow.pipeline": agent.pipeline,
+            "stepflow.step_id": agent.step.id,
         }
-        if first.step.model:
-            attributes["gen_ai.request.model"] = first.step.model
+        if agent.step.model:
+            attributes["gen_ai.request.model"] = agent.step.model
         return attributes
     return {}

@@ -19,7 +19,7 @@ from temporalio.testing import ActivityEnvironment
 from examples.tools import checksum_files
 from stepflow.activities.builtin.files import write_file
 from stepflow.activities.registry import get_tool
-from stepflow.activities.tool_activities import make_tool_activity
+from stepflow.activities.tool_activities import ToolActivities
 from stepflow.client.api import StepflowClient
 from stepflow.runtime.settings import Settings
 from stepflow.workflows.models import (
@@ -149,7 +149,7 @@ def test_the_example_long_tool_skips_what_its_last_heartbeat_says_is_done(
     """`checksum_files` from examples/tools.py, a sync tool, run as its activity."""
     defn = get_tool(checksum_files.__name__)
     assert defn is not None
-    activity_fn = make_tool_activity(defn)
+    activity_fn = ToolActivities([defn]).activity(defn)
     paths = ["a.txt", "b.txt", "c.txt"]
     for path in paths:
         write_file(path, path * 1000)

@@ -82,3 +82,46 @@ async def test_a_response_that_hangs_past_the_timeout_is_retried(
     assert result.output("a") == "answered the second time"
     first, second = model_server.requests
     assert second.received_at - first.received_at >= 1.0
+
+
+async def test_a_400_the_api_says_to_retry_is_retried(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer
+) -> None:
+    """`x-should-retry: true` is obeyed before the status, as the openai client does."""
+    model_server.play(
+        error(400, "try that again", headers={"x-should-retry": "true"}), text("second time")
+    )
+    result = await stepflow.run_pipeline(pipeline(agent("a", model_retry=QUICK)))
+
+    record = result.step("a")
+    assert record.status is StepStatus.SUCCEEDED
+    assert result.output("a") == "second time"
+    assert len(model_server.requests) == 2
+
+
+async def test_a_500_the_api_says_not_to_retry_fails_at_once(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer
+) -> None:
+    model_server.play(error(500, "do not bother", headers={"x-should-retry": "false"}))
+    result = await stepflow.run_pipeline(pipeline(agent("a", model_retry=QUICK)))
+
+    record = result.step("a")
+    assert record.status is StepStatus.FAILED
+    assert record.error_type == "ModelServerError"  # what happened; the header said: no retry
+    assert record.error == "model call 1 failed: model API answered 500: do not bother"
+    assert record.attempts == 1
+    assert len(model_server.requests) == 1  # 5 attempts allowed, one made
+
+
+async def test_a_429_the_api_says_not_to_retry_fails_at_once(
+    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer
+) -> None:
+    model_server.play(
+        error(429, "quota gone", headers={"x-should-retry": "false", "Retry-After": "1"})
+    )
+    result = await stepflow.run_pipeline(pipeline(agent("a", model_retry=QUICK)))
+
+    record = result.step("a")
+    assert record.status is StepStatus.FAILED
+    assert record.error_type == "ModelRateLimited"
+    assert len(model_server.requests) == 1

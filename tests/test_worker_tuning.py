@@ -245,7 +245,9 @@ async def test_concurrency_and_the_rate_limit_reach_the_workers(
             "model_calls_per_second": 2.5,
         }
     )
-    configs = {w.task_queue: w.config() for w in build_workers(temporal_client, tuned)}
+    configs = {
+        w.task_queue: w.config(active_config=True) for w in build_workers(temporal_client, tuned)
+    }
     main, models = tuned.task_queue, f"{tuned.task_queue}-models"
     heavy = f"{tuned.task_queue}-heavy"
     assert list(configs) == [main, models, heavy]
@@ -269,7 +271,7 @@ async def test_concurrency_and_the_rate_limit_reach_the_workers(
     [refusing] = build_workers(temporal_client, main_only)
     [model_call] = [
         a
-        for a in refusing.config().get("activities", [])
+        for a in refusing.config(active_config=True).get("activities", [])
         if activity._Definition.must_from_callable(a).name == "model_call"
     ]
     assert model_call.__name__ == "misrouted_model_call"
