@@ -31,7 +31,8 @@ COPY runtime/ runtime/
 COPY worker.py ./
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
-# The example pipelines and tools (STEPFLOW_TOOL_MODULES=examples.tools), importable from /app.
+# The example pipelines and tools (STEPFLOW_TOOL_MODULES=examples.tools), importable from /app
+# (STEPFLOW_IMPORT_PATH below) by the worker and the `stepflow` command alike.
 COPY examples/ examples/
 
 # Unprivileged. /data holds the payload store and the file tools' workspace; a named volume
@@ -43,6 +44,7 @@ RUN groupadd --gid 10001 stepflow \
 # The root filesystem is read-only in the compose stack: what libraries cache under $HOME
 # goes to the tmpfs.
 ENV HOME=/tmp \
+    STEPFLOW_IMPORT_PATH=/app \
     STEPFLOW_HOME=/data \
     STEPFLOW_PAYLOAD_DIR=/data/payloads \
     STEPFLOW_WORKSPACE=/data/workspace \

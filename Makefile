@@ -2,21 +2,25 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The demo needs the runtime only; the test command adds the dev tools (pytest, mypy, moto...).
+RUNTIME := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck pytest stop bench histories clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## demo: start the dev server (Web UI on :8233) and a worker, run the two example pipelines
-demo: export STEPFLOW_TOOL_MODULES ?= examples.tools
-# `examples` is not installed: the worker and the commands import it from here.
-demo: export STEPFLOW_IMPORT_PATH ?= .
-demo: $(STAMP)
+# The examples' tools come from [tool.stepflow] in pyproject.toml, as for any command run here.
+demo: $(RUNTIME)
 	$(BIN)/stepflow dev start
 	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"
 	$(BIN)/stepflow run examples/code_task.yaml

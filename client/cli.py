@@ -327,7 +327,7 @@ def entry() -> None:
     except (ValidationError, SettingsError) as err:  # one line, not pydantic's page
         print(f"stepflow: {explain_settings_error(err)}", file=sys.stderr)
         exit_now(2)
-    configure_logging(settings)  # warnings go to stderr, never into --json output
+    configure_logging(settings, command=True)  # warnings go to stderr, never into --json output
     exit_now(main())
 
 

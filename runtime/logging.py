@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -19,8 +21,13 @@ from stepflow.runtime.settings import Settings
 _configured = False
 
 
-def configure_logging(settings: Settings) -> None:
-    """Set up structlog and stdlib logging; later calls do nothing."""
+def configure_logging(settings: Settings, *, command: bool = False) -> None:
+    """Set up structlog and stdlib logging; later calls do nothing.
+
+    Args:
+        command: for the `stepflow` command: on a terminal a warning is one plain line
+            for the person who ran it (`stepflow: warning: ...`), not a log record.
+    """
     global _configured
     if _configured:
         return
@@ -38,6 +45,8 @@ def configure_logging(settings: Settings) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if as_json
+        else _for_a_person
+        if command and settings.log_format == "auto"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
@@ -62,6 +71,18 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+
+
+_NOT_SHOWN = {"timestamp", "logger", "level", "event", "hint"}
+
+
+def _for_a_person(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    """`stepflow: warning: task queue without workers (task_queue=x, runs=model calls): hint`."""
+    what = str(event.get("event", "")).replace("_", " ")
+    details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in _NOT_SHOWN)
+    line = f"stepflow: {event.get('level', 'info')}: {what}" + (f" ({details})" if details else "")
+    hint = event.get("hint")
+    return f"{line}: {hint}" if hint else line
 
 
 class _SdkContentFilter(logging.Filter):

@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from stepflow.runtime.project import find_project, project_values
 from stepflow.workflows.durations import PositiveDuration
 
 CommaList = Annotated[list[str], NoDecode]
@@ -51,7 +58,11 @@ class ModelSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Every field reads the environment variable `STEPFLOW_<FIELD>`."""
+    """Every field reads the environment variable `STEPFLOW_<FIELD>`, else the project's file.
+
+    The project's file is the nearest `stepflow.toml` (or `pyproject.toml` with a
+    `[tool.stepflow]` table) at or above the current directory (`runtime.project`).
+    """
 
     # hide_input_in_errors: an invalid key must not be printed with the error about it.
     model_config = SettingsConfigDict(
@@ -334,6 +345,23 @@ class Settings(BaseSettings):
         "if finished runs' results must stay readable).",
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then `STEPFLOW_*` variables, then the project's file, then defaults."""
+        sources = (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        project = find_project(Path.cwd())
+        if project is None:
+            return sources
+        values = project_values(project, list(settings_cls.model_fields))
+        return (*sources, InitSettingsSource(settings_cls, init_kwargs=values))
+
     @field_validator("import_path", mode="before")
     @classmethod
     def _split_path(cls, value: object) -> object:
@@ -350,7 +378,7 @@ class Settings(BaseSettings):
 
 
 _parsed: tuple[tuple[tuple[str, str], ...], Settings] | None = None
-"""The `STEPFLOW_*` variables last parsed, and what they gave."""
+"""The `STEPFLOW_*` variables (and directory) last parsed, and what they gave."""
 
 
 def get_settings() -> Settings:
@@ -362,8 +390,9 @@ def get_settings() -> Settings:
     one caller gets, every caller shares.
     """
     global _parsed
-    environment = tuple(
-        sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(_PREFIX))
+    environment = (
+        *sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(_PREFIX)),
+        ("\0cwd", os.getcwd()),  # another directory may be another project
     )
     if _parsed is None or _parsed[0] != environment:
         _parsed = (environment, Settings())

@@ -56,8 +56,8 @@ from tests.support.encrypted import (
 )
 from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer
-from tests.support.processes import one_error_line, process_env, stepflow_cli
-from tests.test_web_ui import Browser, find_chromium, free_port
+from tests.support.processes import free_port, one_error_line, process_env, stepflow_cli
+from tests.test_web_ui import Browser, find_chromium
 
 
 @pytest.fixture

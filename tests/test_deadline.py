@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,51 @@ def test_a_stuck_test_fails_at_its_deadline_and_says_where_it_waited(tmp_path: P
     line = STUCK.splitlines().index("    await asyncio.Event().wait()") + 1
     assert f"{test_file}:{line} in _wait_for_nothing" in out
     assert "Timeout (>1.0s) from pytest-timeout" in out
+
+
+HANGING_TEARDOWN = """
+import asyncio
+import pytest
+
+@pytest.fixture
+async def stuck():
+    yield
+    await asyncio.Event().wait()  # a worker that never finishes shutting down, say
+
+async def test_teardown_hangs(stuck) -> None:
+    await asyncio.sleep(0)
+"""
+
+
+def test_a_hanging_teardown_ends_the_session_naming_the_test(tmp_path: Path) -> None:
+    test_file = tmp_path / "test_teardown.py"
+    test_file.write_text(HANGING_TEARDOWN)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.support.deadline",
+            "-c",
+            "/dev/null",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "asyncio_default_fixture_loop_scope=session",
+            "-o",
+            "timeout=0",
+            "--rootdir",
+            str(tmp_path),
+            str(test_file),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "STEPFLOW_TEST_TEARDOWN_DEADLINE": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "test_teardown.py::test_teardown_hangs: teardown still running after 2 s" in done.stderr
+    assert "in give_up" in done.stderr  # followed by every thread's stack

@@ -296,6 +296,14 @@ def test_dockerfile_installs_the_project_and_runs_the_worker_unprivileged() -> N
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert instructions[-1] == ("CMD", '["python", "worker.py"]')
+    image_env = dict(
+        re.findall(r"(\w+)=(\S+)", " ".join(args for op, args in instructions if op == "ENV"))
+    )
+    for name in image_env:
+        if name.startswith("STEPFLOW_"):
+            assert name.removeprefix("STEPFLOW_").lower() in Settings.model_fields, name
+    # The stack's tool module (examples.tools) imports in the worker and in `stepflow` alike.
+    assert image_env["STEPFLOW_IMPORT_PATH"] == "/app"
 
     # The build context keeps out secrets and local state, and keeps what the Dockerfile copies.
     ignore = [

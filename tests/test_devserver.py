@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -10,12 +9,7 @@ from temporalio.client import Client
 
 from stepflow.runtime.devserver import SEARCH_ATTRIBUTES, ensure_dev_server, is_listening, stop_all
 from stepflow.runtime.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.processes import free_port
 
 
 async def test_dev_server_starts_once_persists_to_sqlite_and_registers_search_attributes(

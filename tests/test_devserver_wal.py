@@ -22,7 +22,7 @@ from stepflow.runtime.devserver import (
     tuned_flags,
 )
 from stepflow.runtime.settings import Settings
-from tests.support.crash import free_port
+from tests.support.processes import free_port
 
 
 def journal_mode(db_file: Path) -> str:

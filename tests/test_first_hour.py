@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -231,3 +234,42 @@ def test_an_array_input_that_is_not_json_says_so(
         """stepflow: --input x: '["a"' is not valid JSON (Expecting ',' delimiter at column 5); """
         "an array input is read as JSON"
     )
+
+
+async def test_a_warning_on_a_terminal_is_one_plain_line(
+    temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: routed\nsteps:\n  - {id: a, kind: agent, instructions: hi}\n")
+    env = process_env(
+        temporal_env.client.service_client.config.target_host,
+        STEPFLOW_TASK_QUEUE=task_queue,
+        STEPFLOW_MODEL_TASK_QUEUE=f"{task_queue}-models",  # no worker polls it
+        STEPFLOW_LOG_FORMAT="auto",
+    )
+    leader, follower = os.openpty()  # stderr is a terminal; stdout stays a pipe
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from stepflow.client.cli import entry; entry()",
+            "run",
+            str(path),
+            "--no-wait",
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        await asyncio.wait_for(process.wait(), 60)
+    finally:
+        os.close(follower)
+    with os.fdopen(leader, "rb") as terminal:
+        shown = terminal.read1(65536).decode()
+    assert process.returncode == 0, shown
+    warnings = [line for line in shown.splitlines() if "warning" in line]
+    assert warnings == [
+        f"stepflow: warning: task queue without workers (task_queue={task_queue}-models, "
+        "runs=model calls): the run waits there until a worker serves it: start one with the "
+        "same STEPFLOW_* routing settings (python worker.py --serve models / tools:QUEUE)"
+    ], shown

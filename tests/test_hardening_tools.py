@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from stepflow.activities.redaction import redact_urls
 from stepflow.client.api import StepflowClient
 from stepflow.workflows.models import StepStatus
 from tests.support.helpers import pipeline, step
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, free_port
 
 # --- text_template: bounded format specs -------------------------------------------------------
 
@@ -112,22 +111,14 @@ def test_redact_urls(text: str, expected: str | None) -> None:
 # --- http_get errors, through a real worker ----------------------------------------------------
 
 
-@pytest.fixture
-def free_port() -> int:
-    """A port that was just free: bind, read the port, close."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 async def test_http_get_errors_in_step_records_hold_no_credentials(
-    worker: None, stepflow: StepflowClient, monkeypatch: pytest.MonkeyPatch, free_port: int
+    worker: None, stepflow: StepflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    refused_port = free_port()
     monkeypatch.setenv("STEPFLOW_HTTP_ALLOW_HOSTS", "127.0.0.1")
     secrets = ["hunter2pw", "tok-7f3a9", "key-51c0", "sig-0d9e", "alice-user"]
     refused = (
-        f"http://alice-user:hunter2pw@127.0.0.1:{free_port}/x?token=tok-7f3a9&api_key=key-51c0"
+        f"http://alice-user:hunter2pw@127.0.0.1:{refused_port}/x?token=tok-7f3a9&api_key=key-51c0"
     )
     not_allowed = "https://alice-user:hunter2pw@evil.example/y?sig=sig-0d9e&page=3"
     once = {"max_attempts": 1}
@@ -139,7 +130,7 @@ async def test_http_get_errors_in_step_records_hold_no_credentials(
     result = await stepflow.get_result(run.workflow_id)
 
     for step_id, shown in [
-        ("refused", f"http://***@127.0.0.1:{free_port}/x?token=***&api_key=***"),
+        ("refused", f"http://***@127.0.0.1:{refused_port}/x?token=***&api_key=***"),
         ("denied", "https://***@evil.example/y?sig=***&page=3"),
     ]:
         record = result.step(step_id)

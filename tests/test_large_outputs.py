@@ -114,7 +114,9 @@ async def test_a_10_mb_output_flows_to_its_dependent_and_to_the_result(
         assert max(f.stat().st_size for f in _stored_files(store)) > 10_000_000
 
         # The timeline and the status query read the stored payloads back too.
-        assert await stepflow.history(run.workflow_id)
+        timeline = [(e.subject, e.what) for e in await stepflow.history(run.workflow_id)]
+        assert ("big · tool big_text", "completed (attempt 1)") in timeline, timeline
+        assert timeline[-1] == ("run", "completed"), timeline
         state = await stepflow.status(run.workflow_id)
         assert state.steps[0].output == expected
 

@@ -40,6 +40,7 @@ from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer, text, tool_calls
 from tests.support.processes import (
     ROOT,
+    free_port,
     ok,
     process_env,
     start_worker,
@@ -247,12 +248,6 @@ async def test_committed_histories_replay_with_tracing_on_and_make_no_spans(
 
 
 # -- metrics and exporters, with worker processes ---------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 Sample = tuple[str, dict[str, str], float]

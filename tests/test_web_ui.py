@@ -20,7 +20,6 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,7 @@ from stepflow.runtime.devserver import temporal_binary, tuned_flags
 from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
 from tests.support.helpers import agent, pipeline, step
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_SCRIPT = "tests/setup/install_chromium.sh"
@@ -200,12 +200,6 @@ def find_chromium() -> str:
     else:
         why = f"{SETUP_SCRIPT} has not run (`make test` runs it before pytest)"
     pytest.skip(f"no chromium for the Web UI test: {why}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

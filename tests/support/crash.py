@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -21,14 +20,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from stepflow.client.api import StepflowClient
 from stepflow.runtime.devserver import dev_server_args, is_listening, temporal_binary
 from stepflow.workflows.models import PipelineResult
+from tests.support.processes import free_port
 from tests.support.tools import journal_read
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FileBackedServer:

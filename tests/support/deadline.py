@@ -13,9 +13,11 @@ stacks of every thread.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import functools
 import io
 import os
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -44,6 +46,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         seconds = deadline_of(item)
         is_async = asyncio.iscoroutinefunction(getattr(item, "obj", None))
         item.add_marker(pytest.mark.timeout(seconds + 60 if is_async else seconds))
+
+
+TEARDOWN_SECONDS = float(os.environ.get("STEPFLOW_TEST_TEARDOWN_DEADLINE", "90"))
+"""A fixture's teardown (a worker shutting down, a server stopping) gets this long."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """A teardown that hangs ends the session with every thread's stack, instead of CI's limit.
+
+    pytest-timeout fires once per test: when the test itself ran out of time, a worker
+    whose shutdown then waits for a stuck activity would hang with no timer left.
+    """
+    fd = _real_stderr(item)
+
+    def give_up() -> None:
+        os.write(
+            fd,
+            f"\n{item.nodeid}: teardown still running after {TEARDOWN_SECONDS:g} s; "
+            "every thread's stack:\n".encode(),
+        )
+        faulthandler.dump_traceback(file=fd, all_threads=True)
+        os._exit(1)
+
+    timer = threading.Timer(TEARDOWN_SECONDS, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        return (yield)
+    finally:
+        timer.cancel()
+
+
+def _real_stderr(item: pytest.Item) -> int:
+    """The terminal's stderr: pytest captures fd 2, and a capture is lost when the process ends."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    saved = getattr(
+        getattr(getattr(capture, "_global_capturing", None), "err", None), "targetfd_save", None
+    )
+    return saved if isinstance(saved, int) else 2
 
 
 def deadline_of(item: pytest.Item) -> float:

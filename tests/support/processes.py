@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,15 +13,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it) for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def process_env(target_host: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "STEPFLOW_"))}
     env.update(
-        {"STEPFLOW_SCHEMA_MODULES": "tests.support.schemas"},  # as tests/conftest.py trusts
-        TEMPORAL_ADDRESS=target_host,
-        TEMPORAL_NAMESPACE="default",
-        STEPFLOW_LOG_FORMAT="json",
-        PYTHONPATH=str(ROOT),
-        **extra,
+        {
+            "STEPFLOW_SCHEMA_MODULES": "tests.support.schemas",  # as tests/conftest.py trusts
+            "TEMPORAL_ADDRESS": target_host,
+            "TEMPORAL_NAMESPACE": "default",
+            "STEPFLOW_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+            **extra,
+        }
     )
     return env
 
@@ -32,7 +42,9 @@ class Completed:
     stderr: str
 
 
-async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+async def cli_process(
+    env: dict[str, str], *args: str, cwd: Path = ROOT
+) -> asyncio.subprocess.Process:
     """`stepflow ARGS...` started as a user would run it (the console script's entry point,
     same interpreter); read its output while it runs, or use `stepflow_cli`."""
     return await asyncio.create_subprocess_exec(
@@ -40,16 +52,18 @@ async def cli_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Pro
         "-c",
         "from stepflow.client.cli import entry; entry()",
         *args,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
 
 
-async def stepflow_cli(env: dict[str, str], *args: str, timeout: float = 60) -> Completed:
+async def stepflow_cli(
+    env: dict[str, str], *args: str, timeout: float = 60, cwd: Path = ROOT
+) -> Completed:
     """`stepflow ARGS...` run to the end: its exit code and output."""
-    process = await cli_process(env, *args)
+    process = await cli_process(env, *args, cwd=cwd)
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     return Completed(process.returncode or 0, stdout.decode(), stderr.decode())
 
