@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from stepflow.activities import telemetry
 from stepflow.activities.context import ToolContext, ToolError, _enter, _exit
 from stepflow.activities.progress import ProgressReporter
+from stepflow.activities.redaction import redact_urls
 from stepflow.activities.registry import ToolDefinition
 from stepflow.runtime.settings import Settings, get_settings
 from stepflow.workflows.errors import ErrorType
@@ -202,8 +203,12 @@ class ToolActivities:
         )
         if isinstance(err, ApplicationError):
             return err
+        message = redact_urls(str(err))
+        if message != str(err):
+            # The exception is this failure's cause, and goes into history too: say it safely.
+            err.args = (message,)
         return ApplicationError(
-            str(err) or type(err).__name__,
+            message or type(err).__name__,
             {"attempt": attempt},
             type=type(err).__name__,
             non_retryable=isinstance(err, ToolError) and err.non_retryable,

@@ -94,6 +94,7 @@ with workflow.unsafe.imports_passed_through():
         effective_timeout,
         tool_activity_name,
     )
+    from stepflow.workflows.sandbox import workflow_runner
 
 BASELINE_WORKFLOW = "bench_baseline"
 TOOL = "echo"
@@ -204,11 +205,12 @@ def check_same_activity_options(spec: PipelineSpec) -> None:
 def make_worker(
     client: Client, settings: Settings, tools: list[ToolDefinition], queue: str
 ) -> Worker:
-    """`worker.build_worker`, plus the baseline workflow."""
+    """`worker.build_worker`, plus the baseline workflow, in the sandbox workers use."""
     return Worker(
         client,
         task_queue=queue,
         workflows=[*WORKFLOWS, BaselineWorkflow],
+        workflow_runner=workflow_runner(),
         activities=ToolActivities(tools, ProgressReporter(client)).activities(),
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,

@@ -17,12 +17,24 @@ from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, r
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.settings import get_settings
-from stepflow.workflows.models import OFFLINE_MODEL, AgentStep, PipelineSpec, ToolStep
+from stepflow.workflows.durations import format_duration
+from stepflow.workflows.models import (
+    BUILTIN_RETRY,
+    OFFLINE_MODEL,
+    AgentStep,
+    PipelineSpec,
+    RetrySpec,
+    ToolStep,
+    effective_retry,
+    model_call_retry,
+    tool_call_retry,
+)
 from stepflow.workflows.templates import stray_braces
 from stepflow.workflows.validation import (
     SpecError,
     SpecIssue,
     did_you_mean,
+    input_type_problem,
     structural_issues,
     templated_fields,
 )
@@ -46,7 +58,7 @@ def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIss
                     if len(loc) > 2 and loc[2] == raw_step.get("kind"):
                         del loc[2]
             loc = loc[2:]
-        message = error["msg"]
+        message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
         if error["type"] == "extra_forbidden":
             message = "unknown key (a typo?)"
         field = ".".join(str(part) for part in loc)
@@ -141,6 +153,53 @@ def template_issues(spec: PipelineSpec) -> list[SpecIssue]:
     return issues
 
 
+MAX_ID_LENGTH = 200
+"""Step ids and pipeline names become parts of workflow ids (`<name>-<hex>/<step>`), which
+Temporal bounds at 1,000 bytes: 200 leaves room for nesting."""
+
+
+def limit_issues(spec: PipelineSpec) -> list[SpecIssue]:
+    """What the models accept but Temporal would refuse when the step is scheduled.
+
+    Checked here, not in the models: a tighter model would stop in-flight runs from
+    replaying. Each of these would fail a workflow task, not the step, at run time.
+    """
+    issues = []
+    if len(spec.name) > MAX_ID_LENGTH:
+        issues.append(SpecIssue(f"longer than {MAX_ID_LENGTH} characters", field="name"))
+    for name, decl in spec.inputs.items():
+        if not decl.required and decl.default is not None:
+            problem = input_type_problem(decl.type, decl.default)
+            if problem:
+                issues.append(SpecIssue(f"default: {problem}", field=f"inputs.{name}"))
+    for step in spec.steps:
+        if len(step.id) > MAX_ID_LENGTH:
+            issues.append(
+                SpecIssue(f"longer than {MAX_ID_LENGTH} characters", step.id[:40] + "...", "id")
+            )
+            continue
+        retries: list[tuple[str, RetrySpec]] = []
+        if isinstance(step, ToolStep):
+            retries = [("retry", effective_retry(step, spec.defaults))]
+        elif isinstance(step, AgentStep):
+            retries = [
+                ("model_retry", model_call_retry(step, spec.defaults)),
+                ("tool_retry", tool_call_retry(step, spec.defaults)),
+            ]
+        for field, retry in retries:
+            initial = retry.initial_interval or BUILTIN_RETRY.initial_interval
+            if retry.max_interval is not None and initial and retry.max_interval < initial:
+                issues.append(
+                    SpecIssue(
+                        f"max_interval ({format_duration(retry.max_interval)}) is shorter than "
+                        f"initial_interval ({format_duration(initial)})",
+                        step.id,
+                        field,
+                    )
+                )
+    return issues
+
+
 def model_warnings(spec: PipelineSpec) -> list[str]:
     """Model names this process's configuration does not know. Warnings, not errors:
     the workers may be configured differently from the client."""
@@ -173,7 +232,7 @@ def check_spec(spec: PipelineSpec) -> None:
     Raises:
         SpecError: listing every issue.
     """
-    found = structural_issues(spec) + template_issues(spec) + tool_issues(spec)
+    found = structural_issues(spec) + template_issues(spec) + limit_issues(spec) + tool_issues(spec)
     issues = list(dict.fromkeys(found))  # each once
     if issues:
         raise SpecError(issues)

@@ -62,7 +62,10 @@ def parse_yaml(text: str) -> Any:
     Raises:
         YamlProblem: not YAML, a duplicate key, too deep, or too large once expanded.
     """
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # its reader refuses control characters already
+    except yaml.YAMLError as err:
+        raise YamlProblem(_describe(err)) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -157,9 +160,16 @@ def _check_expanded_size(root: Node) -> None:
 
 
 def _describe(err: yaml.YAMLError) -> str:
+    """One line: PyYAML's messages span several, with the offending text quoted."""
+    if isinstance(err, yaml.reader.ReaderError):
+        character = err.character if isinstance(err.character, int) else 0
+        return (
+            f"holds a character YAML does not allow (#x{character:04x}) at position "
+            f"{err.position}: {err.reason}"
+        )
     where = ""
     mark = getattr(err, "problem_mark", None)
     if mark is not None:
         where = f" at line {mark.line + 1}, column {mark.column + 1}"
     problem = getattr(err, "problem", None) or str(err)
-    return f"is not valid YAML{where}: {problem}"
+    return f"is not valid YAML{where}: {' '.join(str(problem).split())}"

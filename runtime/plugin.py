@@ -186,6 +186,7 @@ class StepflowPlugin(SimplePlugin):
         from stepflow.activities.model_call import ModelCallActivity
         from stepflow.activities.progress import ProgressReporter
         from stepflow.activities.tool_activities import ToolActivities
+        from stepflow.activities.unknown import UnknownActivities
 
         # Sync tools report from executor threads: through this client, on this loop.
         progress = ProgressReporter(client, asyncio.get_running_loop())
@@ -196,7 +197,13 @@ class StepflowPlugin(SimplePlugin):
             activities.append(MisroutedModelCalls(model_queue).misrouted_model_call)
         elif queue.model_calls:
             activities.append(ModelCallActivity(progress).model_call)
-        return activities + ToolActivities(served, progress).activities()
+        # Any other activity type: a tool this worker lacks fails at once, saying so.
+        unknown = UnknownActivities(queue.task_queue, [t.name for t in served])
+        return [
+            *activities,
+            *ToolActivities(served, progress).activities(),
+            unknown.unknown_activity,
+        ]
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         """Run the worker; then close what its activities opened (model API connections)."""

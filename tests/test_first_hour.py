@@ -17,10 +17,13 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.activities.registry import load_tool_modules
+from stepflow.client.api import StepflowClient
 from stepflow.client.cli import main
 from stepflow.client.yaml_reader import read_yaml_file
 from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
+from stepflow.workflows.models import StepStatus
+from tests.support.helpers import pipeline, step
 from tests.support.processes import ROOT, cli_process, ok, one_error_line, process_env, stepflow_cli
 
 PIPELINE = """
@@ -273,3 +276,27 @@ async def test_a_warning_on_a_terminal_is_one_plain_line(
         "runs=model calls): the run waits there until a worker serves it: start one with the "
         "same STEPFLOW_* routing settings (python worker.py --serve models / tools:QUEUE)"
     ], shown
+
+
+async def test_a_tool_the_worker_does_not_have_fails_at_once_naming_tool_queue_and_fix(
+    temporal_client: Client, settings: Settings, stepflow: StepflowClient, task_queue: str
+) -> None:
+    # The client knows `record` (tests.support.tools); this worker was started without it.
+    lacking = [t for t in load_tool_modules(settings.tool_modules) if t.name != "record"]
+    async with build_worker(temporal_client, settings, tools=lacking):
+        run = await stepflow.start_pipeline(
+            pipeline(step("a", "record", args={"journal": "/dev/null"}))
+        )
+        result = await stepflow.get_result(run.workflow_id)
+
+    record = result.step("a")
+    assert (record.status, record.error_type, record.attempts) == (
+        StepStatus.FAILED,
+        "ToolNotRegistered",
+        1,
+    )
+    assert record.error is not None
+    assert f"tool 'record' is not registered on the worker of task queue {task_queue!r}" in (
+        record.error
+    )
+    assert "STEPFLOW_TOOL_MODULES where the worker runs" in record.error

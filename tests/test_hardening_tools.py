@@ -153,6 +153,35 @@ async def test_http_get_errors_in_step_records_hold_no_credentials(
             assert secret.encode() not in failure, failure
 
 
+async def test_any_tool_error_that_quotes_a_url_keeps_its_credentials_out_of_history(
+    worker: None, stepflow: StepflowClient
+) -> None:
+    # A tool of the user's own, raising whatever its HTTP library says.
+    message = "GET https://bob:pw-31337@api.example/v1?access_token=tok-9Z8y failed: 503"
+    spec = pipeline(
+        step(
+            "call",
+            "fail",
+            args={"message": message, "error": "HTTPError"},
+            retry={"max_attempts": 1},
+        )
+    )
+    run = await stepflow.start_pipeline(spec)
+    result = await stepflow.get_result(run.workflow_id)
+
+    record = result.step("call")
+    assert record.status is StepStatus.FAILED and record.error_type == "HTTPError"
+    assert record.error == "GET https://***@api.example/v1?access_token=*** failed: 503"
+    history = await stepflow.temporal.get_workflow_handle(run.workflow_id).fetch_history()
+    failed = [
+        event.activity_task_failed_event_attributes.failure.SerializeToString()
+        for event in history.events
+        if event.HasField("activity_task_failed_event_attributes")
+    ]
+    assert len(failed) == 1  # the failure and the cause it carries
+    assert b"pw-31337" not in failed[0] and b"tok-9Z8y" not in failed[0]
+
+
 # --- the import path of tool modules -----------------------------------------------------------
 
 PROBE_MODULE = "stepflow_cwd_probe_tools"

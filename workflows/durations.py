@@ -12,6 +12,18 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+MAX_SECONDS = 100 * 365 * 86400
+"""The longest duration accepted: 100 years (Temporal's durations end near 292 years)."""
+
+
+def _seconds(total: float, value: Any) -> timedelta:
+    # `.inf` in YAML, or 99999999999d, would otherwise end in an OverflowError traceback.
+    if not total <= MAX_SECONDS:  # also catches NaN
+        raise ValueError(f"invalid duration {value!r}: at most 100 years (36500d)")
+    return timedelta(seconds=total)
+
+
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 
@@ -26,13 +38,11 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, bool):
         return value  # bool is an int subclass; let pydantic reject it
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        return _seconds(value, value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if _WHOLE.match(text):
-            return timedelta(
-                seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
-            )
+            return _seconds(sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text)), value)
         if not text.startswith(("p", "-p")) and not text.replace(".", "", 1).isdigit():
             raise ValueError(
                 f"invalid duration {value!r}: "

@@ -74,6 +74,8 @@ class ErrorType(StrEnum):
     INVALID_OUTPUT_SCHEMA = "InvalidOutputSchema"
 
     # Tool calls.
+    TOOL_NOT_REGISTERED = "ToolNotRegistered"
+    """The worker that got the call does not have the tool: its modules differ from the client's."""
     TOOL_ARGUMENTS_INVALID = "ToolArgumentsInvalid"
     TOOL_OUTPUT_NOT_SERIALIZABLE = "ToolOutputNotSerializable"
     TOOL_REQUEST_TOO_LARGE = "ToolRequestTooLarge"

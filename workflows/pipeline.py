@@ -51,7 +51,7 @@ from stepflow.workflows.run_view import counts, live_status, summarised, total_u
 from stepflow.workflows.scheduler import DagScheduler, Node
 from stepflow.workflows.steps import HUMAN_KINDS, RUNNERS, AnyStep, StepContext, StepRunner
 from stepflow.workflows.steps.agent import agent_workflow_id
-from stepflow.workflows.validation import SpecError, check_pipeline
+from stepflow.workflows.validation import SpecError, check_pipeline, outside_output_schema_refs
 from stepflow.workflows.visibility import RunVisibility
 
 PIPELINE_WORKFLOW = "stepflow_pipeline"
@@ -61,6 +61,9 @@ PIPELINE_FAILED = ErrorType.PIPELINE_FAILED
 INVALID_REFERENCE = ErrorType.INVALID_REFERENCE
 REJECTED = ErrorType.REJECTED
 CANCELLED_BY_REQUEST = ErrorType.CANCELLED
+
+SCHEMA_REFS_PATCH = "refuse-output-schema-refs-outside"
+"""Runs started before an `output_schema` `$ref` outside it was refused replay without the check."""
 
 CANCEL_CHAIN_PATCH = "cancel-agent-step-chain"
 """Runs that cancelled an agent step before this code replay without the second request."""
@@ -127,7 +130,9 @@ class PipelineWorkflow:
         spec = input.spec
         self._visibility.start(spec)
         try:
-            inputs = check_pipeline(spec, input.inputs)
+            # Only a spec that has such a `$ref` asks: a patch marker costs every run events.
+            refuse_refs = outside_output_schema_refs(spec) and workflow.patched(SCHEMA_REFS_PATCH)
+            inputs = check_pipeline(spec, input.inputs, output_schema_refs=refuse_refs)
         except SpecError as err:
             # A user mistake never heals: fail the run now instead of retrying the task.
             message = f"invalid pipeline {spec.name!r}:\n{err}"

@@ -37,13 +37,19 @@ class RetrySpec(SpecModel):
     """
 
     max_attempts: int | None = Field(
-        default=None, ge=1, description="Attempts in all, the first included (default 3)."
+        default=None,
+        ge=1,
+        le=2_147_483_647,  # Temporal keeps it as an int32
+        description="Attempts in all, the first included (default 3).",
     )
     initial_interval: PositiveDuration | None = Field(
         default=None, description="Wait before the first retry (default 1s)."
     )
     backoff_coefficient: float | None = Field(
-        default=None, ge=1.0, description="Each retry waits this many times longer (default 2)."
+        default=None,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="Each retry waits this many times longer (default 2).",
     )
     max_interval: PositiveDuration | None = Field(
         default=None, description="Longest wait between retries (default 100 x initial)."

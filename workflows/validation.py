@@ -26,6 +26,9 @@ from stepflow.workflows.models import (
 )
 from stepflow.workflows.templates import TemplateError, iter_references
 
+MAX_ISSUE_LENGTH = 500
+"""An issue is a line a person reads, whatever the file quoted into it."""
+
 
 @dataclass(frozen=True)
 class SpecIssue:
@@ -38,10 +41,15 @@ class SpecIssue:
     def __str__(self) -> str:
         where = []
         if self.step is not None:
-            where.append(f"step {self.step!r}")
+            step = self.step if len(self.step) <= 60 else self.step[:40] + "..."
+            where.append(f"step {step!r}")
         if self.field:
             where.append(self.field)
-        return f"{': '.join(where)}: {self.message}" if where else self.message
+        text = f"{': '.join(where)}: {self.message}" if where else self.message
+        if len(text) > MAX_ISSUE_LENGTH:  # a message quoting a value from a huge file
+            cut = len(text) - MAX_ISSUE_LENGTH
+            text = f"{text[:MAX_ISSUE_LENGTH]}... ({cut:,} more characters)"
+        return text
 
 
 class SpecError(ValueError):
@@ -84,8 +92,13 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 _DECIDES = ("approve", "reject")
 
 
-def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
-    """Duplicate ids, unknown or self dependencies, cycles, and references to undeclared things."""
+def structural_issues(spec: PipelineSpec, *, output_schema_refs: bool = True) -> list[SpecIssue]:
+    """Duplicate ids, unknown or self dependencies, cycles, and references to undeclared things.
+
+    Args:
+        output_schema_refs: refuse an `output_schema` whose `$ref` points outside it. Off only
+            for runs that started before the workflow refused them (they replay as they ran).
+    """
     issues: list[SpecIssue] = []
     seen: set[str] = set()
     for step in spec.steps:
@@ -112,7 +125,11 @@ def structural_issues(spec: PipelineSpec) -> list[SpecIssue]:
             issues.extend(SpecIssue(p, step.id, "schema") for p in check_schema(step.value_schema))
         # The rest of an output schema is checked where it is used (activities.output_schema);
         # a reference outside it would be fetched by whoever checks it, so it never gets there.
-        if isinstance(step, AgentStep) and isinstance(step.output_schema, dict):
+        if (
+            output_schema_refs
+            and isinstance(step, AgentStep)
+            and isinstance(step.output_schema, dict)
+        ):
             problems = outside_refs(step.output_schema)
             issues.extend(SpecIssue(p, step.id, "output_schema") for p in problems)
 
@@ -174,6 +191,15 @@ _INPUT_TYPES: dict[InputType, TypeAdapter[Any]] = {
 }
 
 
+def input_type_problem(kind: InputType, value: Any) -> str | None:
+    """What is wrong with `value` for an input of type `kind` (`expected integer: ...`), or None."""
+    try:
+        _INPUT_TYPES[kind].validate_python(value)
+    except ValidationError as err:
+        return f"expected {kind}: {err.errors()[0]['msg']}"
+    return None
+
+
 def resolve_inputs(spec: PipelineSpec, given: dict[str, Any]) -> dict[str, Any]:
     """The run's input values: given ones checked against their declared types, defaults filled in.
 
@@ -195,17 +221,29 @@ def resolve_inputs(spec: PipelineSpec, given: dict[str, Any]) -> dict[str, Any]:
             continue
         try:
             resolved[name] = _INPUT_TYPES[decl.type].validate_python(given[name])
-        except ValidationError as err:
-            message = err.errors()[0]["msg"]
-            issues.append(SpecIssue(f"expected {decl.type}: {message}", field=f"inputs.{name}"))
+        except ValidationError:
+            problem = input_type_problem(decl.type, given[name])
+            issues.append(SpecIssue(problem or f"expected {decl.type}", field=f"inputs.{name}"))
     if issues:
         raise SpecError(issues)
     return resolved
 
 
-def check_pipeline(spec: PipelineSpec, given_inputs: dict[str, Any]) -> dict[str, Any]:
+def outside_output_schema_refs(spec: PipelineSpec) -> bool:
+    """Whether an agent step's inline `output_schema` has a `$ref` outside it."""
+    return any(
+        isinstance(step, AgentStep)
+        and isinstance(step.output_schema, dict)
+        and bool(outside_refs(step.output_schema))
+        for step in spec.steps
+    )
+
+
+def check_pipeline(
+    spec: PipelineSpec, given_inputs: dict[str, Any], *, output_schema_refs: bool = True
+) -> dict[str, Any]:
     """Everything that can be checked without the tool registry; returns the resolved inputs."""
-    issues = structural_issues(spec)
+    issues = structural_issues(spec, output_schema_refs=output_schema_refs)
     try:
         inputs = resolve_inputs(spec, given_inputs)
     except SpecError as err:
