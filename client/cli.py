@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.metadata
 import os
 import sys
@@ -313,8 +314,14 @@ def _one_line_errors(
         return 130
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """Built once per process (about 15 ms): tests and scripts call `main` many times."""
+    return build_parser()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.profile:  # every connection reads it (runtime.connection), as the temporal CLI does
         os.environ["TEMPORAL_PROFILE"] = args.profile
     return _one_line_errors(args.handler, args)

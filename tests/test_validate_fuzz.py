@@ -29,7 +29,7 @@ from stepflow.workflows.models import PipelineSpec
 from stepflow.workflows.validation import SpecError
 
 SEED = int(os.environ.get("STEPFLOW_FUZZ_SEED", "20261207"))
-MUTANTS = int(os.environ.get("STEPFLOW_FUZZ_MUTANTS", "1500"))
+MUTANTS = int(os.environ.get("STEPFLOW_FUZZ_MUTANTS", "1000"))
 RUN_SAMPLE = 12
 """Passing mutants run on a real worker (each a real pipeline run)."""
 
@@ -161,7 +161,7 @@ def mutate_structure(rng: random.Random, doc: Any) -> Any:
         elif action == "self" and isinstance(steps[-1], dict):
             steps[-1]["depends_on"] = [steps[-1].get("id")]
         elif action == "many":
-            steps.extend({"id": f"x{i}", "kind": "tool", "tool": "echo"} for i in range(300))
+            steps.extend({"id": f"x{i}", "kind": "tool", "tool": "echo"} for i in range(60))
         else:
             doc["steps"] = []
     return doc
