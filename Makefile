@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest stop bench histories clean
+.PHONY: demo test lint typecheck docs docs-serve pytest stop bench histories clean
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: $(RUNTIME)
 	$(BIN)/stepflow run examples/code_task.yaml
 	@echo "Their files are in $${STEPFLOW_WORKSPACE:-.stepflow/workspace} (reports/, todo-app/)."
 	@echo "The server keeps running so the links work; 'make stop' stops it."
-	@echo "A pipeline that waits for people (README, section 7):"
+	@echo "A pipeline that waits for people (docs/guides/people-in-the-loop.md):"
 	@echo "  $(BIN)/stepflow run examples/release_notes.yaml --id notes-1 --no-wait"
 	@echo "  $(BIN)/stepflow watch notes-1      # then, in another terminal:"
 	@echo "  $(BIN)/stepflow input notes-1 highlights 2 && $(BIN)/stepflow approve notes-1 sign-off"
@@ -35,8 +35,8 @@ demo: $(RUNTIME)
 stop:
 	@if [ -x $(BIN)/stepflow ]; then $(BIN)/stepflow dev stop; else echo "nothing to stop"; fi
 
-## test: lint, type-check and run the whole suite against a real Temporal dev server
-test: lint typecheck pytest
+## test: lint, type-check, build the docs strictly and run the whole suite against a real Temporal dev server
+test: lint typecheck docs pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -44,6 +44,16 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## docs: build the site into site/ (strict: a broken link or a missing page fails)
+# The reference pages are generated from the code at each build (docs/_hooks/reference.py).
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0 says nothing about this site.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+## docs-serve: serve the site on http://127.0.0.1:8000, rebuilt as pages change
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The browser test needs Debian's chromium: installed here when missing and we may (root or
 # passwordless sudo); never fails, the test skips saying why. tests/run.py exits with pytest's
@@ -62,4 +72,4 @@ histories: $(STAMP)
 	$(BIN)/python -m tests.support.record_histories
 
 clean: stop
-	rm -rf $(VENV) .stepflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .stepflow .pytest_cache .mypy_cache .ruff_cache site
