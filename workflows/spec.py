@@ -85,7 +85,7 @@ class TimeoutSpec(SpecModel):
 class Fallback(SpecModel):
     """`on_failure: {fallback: VALUE}`: the step's output becomes VALUE and dependents run."""
 
-    fallback: Any
+    fallback: Any = Field(description="The step's output when it fails for good.")
 
 
 OnFailure = Literal["fail", "continue"] | Fallback
@@ -95,8 +95,10 @@ OnFailure = Literal["fail", "continue"] | Fallback
 class StepDefaults(SpecModel):
     """Pipeline-wide retry and timeout settings; a step overrides them field by field."""
 
-    retry: RetrySpec = Field(default_factory=RetrySpec)
-    timeout: TimeoutSpec = Field(default_factory=TimeoutSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="Every step's retry policy.")
+    timeout: TimeoutSpec = Field(
+        default_factory=TimeoutSpec, description="Every step's activity timeouts."
+    )
 
 
 InputType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
@@ -105,9 +107,13 @@ InputType = Literal["string", "integer", "number", "boolean", "object", "array",
 class InputSpec(SpecModel):
     """A pipeline input. Without a `default` it is required."""
 
-    type: InputType = "string"
-    default: Any = None
-    description: str | None = None
+    type: InputType = Field(
+        default="string", description="What the value must be; non-string values are JSON."
+    )
+    default: Any = Field(
+        default=None, description="The value when a run gives none; without it, required."
+    )
+    description: str | None = Field(default=None, description="What the input is for.")
 
     @property
     def required(self) -> bool:
@@ -118,24 +124,32 @@ class StepBase(SpecModel):
     """What every kind of step has."""
 
     id: str = Field(pattern=STEP_ID_PATTERN, description="Unique within the pipeline.")
-    description: str | None = None
+    description: str | None = Field(default=None, description="What the step does.")
     depends_on: list[str] = Field(
         default_factory=list, description="Steps that must succeed before this one starts."
     )
-    on_failure: OnFailure = "fail"
+    on_failure: OnFailure = Field(
+        default="fail",
+        description="When the step fails for good: `fail` the pipeline, `continue` (its "
+        "dependents are skipped), or `{fallback: VALUE}` to succeed with VALUE.",
+    )
 
 
 class ActivityStepBase(StepBase):
     """Steps that run activities, and so have Temporal's retry and timeout settings."""
 
-    retry: RetrySpec | None = None
-    timeout: TimeoutSpec | None = None
+    retry: RetrySpec | None = Field(
+        default=None, description="How Temporal retries the step's activities (over `defaults`)."
+    )
+    timeout: TimeoutSpec | None = Field(
+        default=None, description="The step's activity timeouts (over `defaults`)."
+    )
 
 
 class ToolStep(ActivityStepBase):
     """Calls one registered tool as one Temporal activity."""
 
-    kind: Literal["tool"]
+    kind: Literal["tool"] = Field(description="The kind of step.")
     tool: str = Field(description="Name of a registered tool.")
     args: dict[str, Any] = Field(
         default_factory=dict,
@@ -155,7 +169,7 @@ class AgentStep(ActivityStepBase):
     `tool_retry`/`tool_timeout` override them for one kind, field by field.
     """
 
-    kind: Literal["agent"]
+    kind: Literal["agent"] = Field(description="The kind of step.")
     instructions: str = Field(description="The system prompt; may hold {{ inputs.X }}.")
     input: Any = Field(
         default=None,
@@ -195,7 +209,7 @@ class ApprovalStep(StepBase):
     is durable: it survives worker restarts and may last for days.
     """
 
-    kind: Literal["approval"]
+    kind: Literal["approval"] = Field(description="The kind of step.")
     message: str | None = Field(
         default=None, description="What the approver is asked; may hold {{ ... }} references."
     )
@@ -218,7 +232,7 @@ class InputStep(StepBase):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    kind: Literal["input"]
+    kind: Literal["input"] = Field(description="The kind of step.")
     message: str | None = Field(
         default=None, description="What the person is asked; may hold {{ ... }} references."
     )
@@ -245,12 +259,32 @@ class PipelineSpec(SpecModel):
     """A pipeline: a DAG of steps, written in YAML or built in Python."""
 
     name: str = Field(pattern=PIPELINE_NAME_PATTERN, description="Lowercase; starts run ids.")
-    description: str | None = None
-    inputs: dict[str, InputSpec] = Field(default_factory=dict)
-    max_concurrency: int = Field(default=10, ge=1, le=1000)
-    context: ContextMode = "dependencies"
-    defaults: StepDefaults = Field(default_factory=StepDefaults)
-    steps: list[Step] = Field(min_length=1)
+    description: str | None = Field(
+        default=None, description="What the pipeline does; shown in the Web UI and listings."
+    )
+    inputs: dict[str, InputSpec] = Field(
+        default_factory=dict,
+        description="Named values a run starts with (`--input NAME=VALUE`), used as "
+        "{{ inputs.NAME }}.",
+    )
+    max_concurrency: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Steps running at once; approval and input steps take no slot.",
+    )
+    context: ContextMode = Field(
+        default="dependencies",
+        description="What an agent step sees: the outputs of the steps it depends on "
+        "(`dependencies`), or every earlier output and conversation (`full`).",
+    )
+    defaults: StepDefaults = Field(
+        default_factory=StepDefaults,
+        description="Retry and timeout settings every step inherits, field by field.",
+    )
+    steps: list[Step] = Field(
+        min_length=1, description="The steps; each starts once the steps it depends on succeed."
+    )
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
