@@ -104,18 +104,24 @@ class Settings(BaseSettings):
         description="Hosts the http_get tool may fetch from; empty means none.",
     )
     http_max_bytes: int = Field(default=1_000_000, ge=1, description="Largest body http_get reads.")
-    http_timeout_seconds: float = Field(default=20.0, gt=0)
+    http_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Deadline of a whole http_get call, redirects included."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: readable on a terminal, JSON lines otherwise."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The lowest level logged."
+    )
     log_content: bool = Field(
         default=False, description="Log tool arguments and outputs (off: they may be private)."
     )
     ui_url: str = Field(
         default="http://localhost:8233", description="Base of the Temporal Web UI, for run links."
     )
-    max_concurrent_activities: int = Field(default=100, ge=1)
+    max_concurrent_activities: int = Field(
+        default=100, ge=1, description="Activities (model and tool calls) a worker runs at once."
+    )
     default_model: str = Field(
         default="gpt-4o-mini", description="The model of agent steps that name none."
     )

@@ -57,32 +57,47 @@ class ErrorType(StrEnum):
 
     # Agent steps.
     MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
+    """The agent made `max_model_calls` calls without a final answer."""
     OUTPUT_SCHEMA_MISMATCH = "OutputSchemaMismatch"
+    """The final answer still fails the `output_schema` after `max_output_repairs` repairs."""
     CONVERSATION_TOO_LARGE = "ConversationTooLarge"
+    """The conversation outgrew what one model call may carry."""
 
     # Model calls.
     MODEL_RATE_LIMITED = "ModelRateLimited"
+    """The API answered 429: retried, after its `Retry-After` when it gives one."""
     MODEL_SERVER_ERROR = "ModelServerError"
+    """The API answered 5xx (or 408/409): retried."""
     MODEL_TIMEOUT = "ModelTimeout"
+    """The HTTP request to the API timed out: retried."""
     MODEL_CONNECTION_ERROR = "ModelConnectionError"
+    """The API could not be reached: retried."""
     MODEL_REPLY_INVALID = "ModelReplyInvalid"
     """A reply that is not valid Chat Completions JSON: the next attempt may do better."""
     MODEL_REQUEST_REJECTED = "ModelRequestRejected"
     """The API refused the request itself (bad key, bad request): no retry can fix it."""
     MODEL_NOT_CONFIGURED = "ModelNotConfigured"
+    """The worker has no key and no address for the step's model."""
     MODEL_CALL_MISROUTED = "ModelCallMisrouted"
+    """A model call reached the main queue while model calls run on their own queue."""
     INVALID_OUTPUT_SCHEMA = "InvalidOutputSchema"
+    """The `output_schema` is unusable: no JSON Schema, an untrusted module, an outside `$ref`."""
 
     # Tool calls.
     TOOL_NOT_REGISTERED = "ToolNotRegistered"
     """The worker that got the call does not have the tool: its modules differ from the client's."""
     TOOL_ARGUMENTS_INVALID = "ToolArgumentsInvalid"
+    """The arguments fail the tool's schema: never run."""
     TOOL_OUTPUT_NOT_SERIALIZABLE = "ToolOutputNotSerializable"
+    """The tool returned something that is not JSON."""
     TOOL_REQUEST_TOO_LARGE = "ToolRequestTooLarge"
+    """The arguments are larger than the tool's `max_request_bytes`: never run."""
     TOOL_OUTPUT_TOO_LARGE = "ToolOutputTooLarge"
+    """The result is larger than the tool's `max_output_bytes`."""
 
     # Large payloads.
     OUTPUT_TOO_LARGE = "OutputTooLarge"
+    """A result over Temporal's 2 MB limit with the payload store off."""
     PAYLOAD_STORE_FAILED = "PayloadStoreFailed"
     """The payload store refused the value for good (denied, no such bucket)."""
     PAYLOAD_STORE_UNAVAILABLE = "PayloadStoreUnavailable"
