@@ -9,6 +9,24 @@ from pathlib import Path
 
 from tests.support.processes import ROOT
 
+
+def run_pytest(
+    test_file: Path, *ini: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """pytest on one file in a process of its own, with only the deadline plugin loaded."""
+    options = [arg for option in ("asyncio_mode=auto", *ini) for arg in ("-o", option)]
+    plugin = ["-p", "tests.support.deadline", "-c", "/dev/null"]
+    where = ["--rootdir", str(test_file.parent), str(test_file)]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plugin, *options, *where],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 STUCK = """
 import asyncio, time
 import pytest
@@ -32,29 +50,7 @@ async def test_quick() -> None:
 def test_a_stuck_test_fails_at_its_deadline_and_says_where_it_waited(tmp_path: Path) -> None:
     test_file = tmp_path / "test_stuck.py"
     test_file.write_text(STUCK)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "tests.support.deadline",
-            "-c",
-            "/dev/null",
-            "-o",
-            "asyncio_mode=auto",
-            "-o",
-            "timeout_method=signal",
-            "--rootdir",
-            str(tmp_path),
-            str(test_file),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_pytest(test_file, "timeout_method=signal")
     out = done.stdout
     assert done.returncode == 1, out
     assert "2 failed, 1 passed" in out
@@ -82,31 +78,11 @@ async def test_teardown_hangs(stuck) -> None:
 def test_a_hanging_teardown_ends_the_session_naming_the_test(tmp_path: Path) -> None:
     test_file = tmp_path / "test_teardown.py"
     test_file.write_text(HANGING_TEARDOWN)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "tests.support.deadline",
-            "-c",
-            "/dev/null",
-            "-o",
-            "asyncio_mode=auto",
-            "-o",
-            "asyncio_default_fixture_loop_scope=session",
-            "-o",
-            "timeout=0",
-            "--rootdir",
-            str(tmp_path),
-            str(test_file),
-        ],
-        cwd=ROOT,
+    done = run_pytest(
+        test_file,
+        "asyncio_default_fixture_loop_scope=session",
+        "timeout=0",
         env={**os.environ, "STEPFLOW_TEST_TEARDOWN_DEADLINE": "2"},
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert done.returncode == 1
     assert "test_teardown.py::test_teardown_hangs: teardown still running after 2 s" in done.stderr

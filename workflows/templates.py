@@ -45,49 +45,41 @@ def parse_reference(expression: str) -> Reference:
     )
 
 
-def iter_references(value: Any) -> Iterator[Reference]:
-    """Every reference in a nested structure of dicts, lists and strings."""
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a nested structure of dicts, lists and strings, in order."""
     if isinstance(value, str):
-        for match in _REFERENCE.finditer(value):
-            yield parse_reference(match.group(1))
+        yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from iter_references(item)
+            yield from _strings(item)
     elif isinstance(value, list):
         for item in value:
-            yield from iter_references(item)
+            yield from _strings(item)
+
+
+def iter_references(value: Any) -> Iterator[Reference]:
+    """Every reference in a nested structure of dicts, lists and strings."""
+    for text in _strings(value):
+        for match in _REFERENCE.finditer(text):
+            yield parse_reference(match.group(1))
 
 
 def stray_braces(value: Any) -> Iterator[str]:
     """Text around a `{{` or `}}` that belongs to no complete `{{ ... }}`: a template half-written.
 
     Rendering leaves such text as it is, so `{{ steps.a.output }` would reach a tool
-    or a model literally; `stepflow validate` refuses it instead.
+    or a model literally; `stepflow validate` refuses it instead. One per string.
     """
-    if isinstance(value, str):
-        rest = _REFERENCE.sub(" ", value)
-        for marker in ("{{", "}}"):
-            at = rest.find(marker)
-            if at >= 0:
-                yield rest[at : at + 40].strip()
-                return
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from stray_braces(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from stray_braces(item)
+    for text in _strings(value):
+        rest = _REFERENCE.sub(" ", text)
+        at = next((i for i in (rest.find("{{"), rest.find("}}")) if i >= 0), -1)
+        if at >= 0:
+            yield rest[at : at + 40].strip()
 
 
 def is_templated(value: Any) -> bool:
     """Whether a value holds any `{{ ... }}` (its final type is then known only at run time)."""
-    if isinstance(value, str):
-        return _REFERENCE.search(value) is not None
-    if isinstance(value, dict):
-        return any(is_templated(v) for v in value.values())
-    if isinstance(value, list):
-        return any(is_templated(v) for v in value)
-    return False
+    return any(_REFERENCE.search(text) for text in _strings(value))
 
 
 def _lookup(ref: Reference, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
