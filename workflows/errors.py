@@ -55,6 +55,14 @@ class ErrorType(StrEnum):
     TIMEOUT = "Timeout"
     """An activity, a model call or a person ran out of time."""
 
+    # Control flow.
+    INVALID_EXPRESSION = "InvalidExpression"
+    """A `when` or `until` that fails when evaluated (a type error, a division by zero)."""
+    FOR_EACH_NOT_A_LIST = "ForEachNotAList"
+    """A `for_each` template yielded something other than a list."""
+    LOOP_EXHAUSTED = "LoopExhausted"
+    """A loop's `until` was still false after `max_iterations` (with `on_exhausted: fail`)."""
+
     # Agent steps.
     MAX_MODEL_CALLS_EXCEEDED = "MaxModelCallsExceeded"
     """The agent made `max_model_calls` calls without a final answer."""

@@ -33,13 +33,16 @@ from stepflow.workflows.spec import AgentStep as AgentStep
 from stepflow.workflows.spec import ApprovalStep as ApprovalStep
 from stepflow.workflows.spec import ContextMode as ContextMode
 from stepflow.workflows.spec import Fallback as Fallback
+from stepflow.workflows.spec import ForEachFields as ForEachFields
 from stepflow.workflows.spec import HumanStep as HumanStep
 from stepflow.workflows.spec import InputSpec as InputSpec
 from stepflow.workflows.spec import InputStep as InputStep
 from stepflow.workflows.spec import InputType as InputType
+from stepflow.workflows.spec import LoopStep as LoopStep
 from stepflow.workflows.spec import OnFailure as OnFailure
 from stepflow.workflows.spec import OutputSchema as OutputSchema
 from stepflow.workflows.spec import PipelineSpec as PipelineSpec
+from stepflow.workflows.spec import PipelineStep as PipelineStep
 from stepflow.workflows.spec import RetrySpec as RetrySpec
 from stepflow.workflows.spec import SpecModel as SpecModel
 from stepflow.workflows.spec import Step as Step
@@ -94,6 +97,28 @@ PipelineCarry = RunState
 """The name continue-as-new's state had before `RunState`; the JSON is the same."""
 
 
+class RunScope(BaseModel):
+    """What a child pipeline run (a loop iteration, a for_each batch) sees of its parent.
+
+    A sub-pipeline (`kind: pipeline`) gets none: it sees only its own inputs.
+    """
+
+    outputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Outputs of the parent's steps the child's steps may read as `steps.ID`.",
+    )
+    skipped: list[str] = Field(
+        default_factory=list, description="Those of them that did not succeed (they read as null)."
+    )
+    loop: dict[str, Any] | None = Field(
+        default=None, description="`loop` in templates: {iteration, max_iterations, previous}."
+    )
+    items: list[Any] | None = Field(
+        default=None, description="A for_each batch: the items its one step runs, from `offset`."
+    )
+    offset: int = Field(default=0, description="The index of the batch's first item.")
+
+
 class PipelineInput(BaseModel):
     """What a pipeline run starts with: the spec itself and the values of its inputs."""
 
@@ -110,6 +135,9 @@ class PipelineInput(BaseModel):
         description="The client's workers keep large payloads outside history (set by the "
         "client from STEPFLOW_PAYLOAD_STORE): a run may then hand over more than 2 MB.",
     )
+    scope: RunScope | None = Field(
+        default=None, description="Set when a pipeline run starts this one as a child."
+    )
 
 
 class PipelineResult(BaseModel):
@@ -123,6 +151,9 @@ class PipelineResult(BaseModel):
     ended_at: datetime
     usage: TokenUsage = Field(
         default_factory=TokenUsage, description="Tokens of every agent step, summed."
+    )
+    outputs: dict[str, Any] | None = Field(
+        default=None, description="The pipeline's declared `outputs`, rendered at its end."
     )
 
     def step(self, step_id: str) -> StepRecord:

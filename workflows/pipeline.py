@@ -49,12 +49,23 @@ from stepflow.workflows.models import (
 from stepflow.workflows.run_state import RunState, cancel_message
 from stepflow.workflows.run_view import counts, live_status, summarised, total_usage
 from stepflow.workflows.scheduler import DagScheduler, Node
-from stepflow.workflows.steps import HUMAN_KINDS, RUNNERS, AnyStep, StepContext, StepRunner
+from stepflow.workflows.steps import (
+    FOR_EACH,
+    HUMAN_KINDS,
+    RUNNERS,
+    AnyStep,
+    StepContext,
+    StepRunner,
+    per_item_condition,
+)
 from stepflow.workflows.steps.agent import agent_workflow_id
+from stepflow.workflows.steps.children import PIPELINE_WORKFLOW as _CHILD_TYPE
+from stepflow.workflows.templates import Scope, TemplateError, render
 from stepflow.workflows.validation import SpecError, check_pipeline, outside_output_schema_refs
 from stepflow.workflows.visibility import RunVisibility
 
 PIPELINE_WORKFLOW = "stepflow_pipeline"
+assert PIPELINE_WORKFLOW == _CHILD_TYPE  # loops and sub-pipelines start children of this type
 # The error types callers know by these names (`errors.ErrorType` has them all).
 INVALID_PIPELINE = ErrorType.INVALID_PIPELINE
 PIPELINE_FAILED = ErrorType.PIPELINE_FAILED
@@ -101,8 +112,18 @@ class PipelineWorkflow:
         self.state = RunState.begin(
             ((s.id, s.kind) for s in spec.steps), input.carried, workflow.now()
         )
+        self._scope = input.scope
         self._scheduler = DagScheduler(
-            [Node(s.id, s.depends_on, s.kind in HUMAN_KINDS) for s in spec.steps],
+            [
+                # A child run's steps may also depend on its parent's: those have settled.
+                Node(
+                    s.id,
+                    [d for d in s.depends_on if d in self.steps],
+                    s.kind in HUMAN_KINDS,
+                    s.trigger,
+                )
+                for s in spec.steps
+            ],
             spec.max_concurrency,
             {r.id: r.status for r in self.state.records},
         )
@@ -132,7 +153,14 @@ class PipelineWorkflow:
         try:
             # Only a spec that has such a `$ref` asks: a patch marker costs every run events.
             refuse_refs = outside_output_schema_refs(spec) and workflow.patched(SCHEMA_REFS_PATCH)
-            inputs = check_pipeline(spec, input.inputs, output_schema_refs=refuse_refs)
+            scope = self._scope
+            inputs = check_pipeline(
+                spec,
+                input.inputs,
+                output_schema_refs=refuse_refs,
+                outside=tuple(scope.outputs) if scope else (),
+                in_loop=scope is not None and scope.loop is not None,
+            )
         except SpecError as err:
             # A user mistake never heals: fail the run now instead of retrying the task.
             message = f"invalid pipeline {spec.name!r}:\n{err}"
@@ -140,7 +168,16 @@ class PipelineWorkflow:
             raise ErrorType.INVALID_PIPELINE.error(message) from None
 
         ctx = StepContext(
-            spec, inputs, self.state, self._routing, self.publish, self._is_cancelling
+            spec,
+            inputs,
+            self.state,
+            self._routing,
+            self.publish,
+            self._is_cancelling,
+            payload_store=self._payload_store,
+            outside=dict(self._scope.outputs) if self._scope else {},
+            outside_skipped=frozenset(self._scope.skipped) if self._scope else frozenset(),
+            loop=self._scope.loop if self._scope else None,
         )
         try:
             self._resume_waiting(ctx)
@@ -166,7 +203,7 @@ class PipelineWorkflow:
             await self._answer_updates_before_closing()
             raise
 
-        result = self._result()
+        result = self._result(ctx)
         self._end(
             RunStatus.FAILED if result.status is PipelineStatus.FAILED else RunStatus.SUCCEEDED,
             result.error,
@@ -262,7 +299,18 @@ class PipelineWorkflow:
         record = self.state.record(step.id)
         try:
             try:
-                output = await self.runners[step.kind].run(ctx, step, record, resume)
+                if step.when is not None and not per_item_condition(step):
+                    if not ctx.condition(step, step.when):
+                        record.status = StepStatus.SKIPPED
+                        record.reason = "condition false"
+                        record.ended_at = workflow.now()
+                        return
+                if getattr(step, "for_each", None) is not None:
+                    batch = self._scope.items if self._scope else None
+                    offset = self._scope.offset if self._scope else 0
+                    output = await FOR_EACH.run(ctx, step, record, batch, offset)
+                else:
+                    output = await self.runners[step.kind].run(ctx, step, record, resume)
             except asyncio.CancelledError:
                 if step.id in self.state.cancel_requests and not self._cancelling:
                     raise StepFailure(
@@ -403,17 +451,36 @@ class PipelineWorkflow:
         self._error = error
         self.publish()
 
-    def _result(self) -> PipelineResult:
+    def _result(self, ctx: StepContext) -> PipelineResult:
         error = None
         if self._fatal is not None:
             failed = self.state.record(self._fatal)
             error = f"step {failed.id!r} failed: {failed.error}"
+        outputs = None
+        if self.spec.outputs is not None and error is None:
+            try:
+                outputs = self._outputs(ctx)
+            except TemplateError as err:
+                error = f"outputs: {err}"
         return PipelineResult(
             pipeline=self.spec.name,
             usage=total_usage(self.state.records),
-            status=PipelineStatus.FAILED if self._fatal else PipelineStatus.SUCCEEDED,
+            status=PipelineStatus.FAILED if error else PipelineStatus.SUCCEEDED,
             steps=list(self.state.records),
             error=error,
             started_at=self.state.started_at,
             ended_at=workflow.now(),
+            outputs=outputs,
         )
+
+    def _outputs(self, ctx: StepContext) -> dict[str, object]:
+        """The pipeline's declared `outputs`, over every step (one that did not succeed: null)."""
+        records = self.state.records
+        nulls = frozenset(r.id for r in records if r.status is not StepStatus.SUCCEEDED)
+        rendered = render(
+            self.spec.outputs,
+            ctx.inputs,
+            {r.id: r.output for r in records},
+            Scope({"loop": ctx.loop} if ctx.loop is not None else {}, nulls),
+        )
+        return dict(rendered)

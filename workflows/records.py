@@ -80,6 +80,18 @@ class StepRecord(BaseModel):
     comment: str | None = Field(
         default=None, description="The comment given with an approval, rejection or cancel."
     )
+    items: int | None = Field(default=None, description="for_each steps: instances in all.")
+    items_done: int | None = Field(
+        default=None, description="for_each steps: instances that ended (failed ones included)."
+    )
+    items_failed: int | None = Field(default=None, description="for_each steps: failed instances.")
+    iteration: int | None = Field(
+        default=None, description="Loop steps: the iteration running or last run."
+    )
+    max_iterations: int | None = Field(default=None, description="Loop steps: the limit.")
+    child: str | None = Field(
+        default=None, description="Loop and pipeline steps: the workflow id of the child run."
+    )
 
     @property
     def duration(self) -> timedelta | None:

@@ -38,14 +38,18 @@ THIRD_PARTY_PASSTHROUGH = (
     "jsonpointer",
     "rfc3339_validator",
     "six",
+    # `when:` and `until:` expressions (workflows.expressions).
+    "jinja2",
+    "markupsafe",
 )
 """Libraries the workflow modules import, passed through the sandbox."""
 
 CONTRACT_PASSTHROUGH = tuple(
     f"stepflow.workflows.{name}"
-    for name in ("models", "spec", "records", "run_state", "control", "durations")
+    for name in ("models", "spec", "records", "run_state", "control", "durations", "expressions")
 )
-"""Stepflow's pure data contracts: pydantic models and names, no workflow logic."""
+"""Stepflow's pure data contracts: pydantic models and names, no workflow logic; and the
+expression environment, whose compiled expressions are then cached once per worker."""
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:

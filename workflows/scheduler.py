@@ -5,12 +5,15 @@ what ended; it knows nothing of activities, records or time, so it is tested
 without a server (tests/test_scheduler.py).
 
 The rules:
-- a step is ready once every step it depends on has succeeded; ready steps start
-  in the order the spec lists them;
+- a step is ready once its dependencies have settled as its `trigger` asks
+  (`all_succeeded`, the default: every one succeeded; `none_failed`: none failed,
+  skipped ones are fine; `all_done`: whatever happened; `one_succeeded`: at
+  least one succeeded); ready steps start in the order the spec lists them;
 - at most `max_concurrency` steps run at once; approval and input steps wait for
   a person and take no slot;
-- a step that ends without succeeding skips its pending dependents, and theirs,
-  each with the reason ("dependency 'x' failed");
+- a step that ends without succeeding skips the pending dependents whose trigger
+  it can no longer meet, and theirs, each with the reason ("dependency 'x'
+  failed"); a dependent whose trigger it still meets waits on;
 - once halted (the run fails or is cancelled) nothing starts or is skipped any
   more: the caller ends every pending step with its own reason.
 """
@@ -23,6 +26,17 @@ from dataclasses import dataclass
 
 from stepflow.workflows.records import StepStatus
 
+_SETTLED = frozenset(
+    {
+        StepStatus.SUCCEEDED,
+        StepStatus.FAILED,
+        StepStatus.TIMED_OUT,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+    }
+)
+_FAILED = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED})
+
 
 @dataclass(frozen=True)
 class Node:
@@ -32,6 +46,17 @@ class Node:
     depends_on: Sequence[str] = ()
     human: bool = False
     """Waits for a person (approval, input): takes no concurrency slot."""
+    trigger: str = "all_succeeded"
+    """When it may start once its dependencies settled (`spec.Trigger`)."""
+
+
+def _blocks(trigger: str, status: StepStatus) -> bool:
+    """Whether one dependency settling in `status` means a step with `trigger` never runs."""
+    if trigger == "all_succeeded":
+        return status is not StepStatus.SUCCEEDED
+    if trigger == "none_failed":
+        return status in _FAILED
+    return False  # all_done, one_succeeded: only known once every dependency settled
 
 
 Skip = tuple[str, str]
@@ -60,24 +85,31 @@ class DagScheduler:
         self.max_concurrency = max_concurrency
         self._order = {n.id: i for i, n in enumerate(nodes)}
         self._human = {n.id for n in nodes if n.human}
+        self._trigger = {n.id: n.trigger for n in nodes}
         self._pending = {
             n.id: None
             for n in nodes
             if statuses.get(n.id, StepStatus.PENDING) is StepStatus.PENDING
         }
+        # Dependencies not settled yet, and (for `one_succeeded`) whether one succeeded.
         self._unmet = {
             n.id: sum(
-                1
-                for d in set(n.depends_on)
-                if statuses.get(d, StepStatus.PENDING) is not StepStatus.SUCCEEDED
+                1 for d in set(n.depends_on) if statuses.get(d, StepStatus.PENDING) not in _SETTLED
             )
             for n in nodes
+        }
+        self._any_succeeded = {
+            n.id
+            for n in nodes
+            if any(statuses.get(d) is StepStatus.SUCCEEDED for d in n.depends_on)
         }
         self._dependents: dict[str, list[str]] = {n.id: [] for n in nodes}
         for n in nodes:
             for dep in dict.fromkeys(n.depends_on):
                 # An unknown dependency fails the run before it starts; here it must not raise.
                 self._dependents.setdefault(dep, []).append(n.id)
+        # A continued run: a pending step whose dependencies all settled is ready (a blocked
+        # one was skipped by the run before, when its dependency settled).
         self._ready = [
             (self._order[sid], sid)
             for sid, n in self._unmet.items()
@@ -161,24 +193,35 @@ class DagScheduler:
             if step_id not in self._human:
                 self._busy -= 1
         self._pending.pop(step_id, None)
-        if status is StepStatus.SUCCEEDED:
-            for dependent in self._dependents[step_id]:
-                self._unmet[dependent] -= 1
-                if self._unmet[dependent] == 0:
-                    heapq.heappush(self._ready, (self._order[dependent], dependent))
-            return []
-        if self.halted:
+        if status is not StepStatus.SUCCEEDED and self.halted:
             return []  # the whole run stops; the caller gives every pending step its reason
         skipped: list[Skip] = []
-        blocked = [(step_id, status)]
-        while blocked:
-            cause, cause_status = blocked.pop()
+        settled = [(step_id, status)]
+        while settled:
+            cause, cause_status = settled.pop()
             for dependent in self._dependents[cause]:
-                if dependent in self._pending:
+                self._unmet[dependent] -= 1
+                if cause_status is StepStatus.SUCCEEDED:
+                    self._any_succeeded.add(dependent)
+                if dependent not in self._pending:
+                    continue
+                trigger = self._trigger[dependent]
+                blocked = _blocks(trigger, cause_status) or (
+                    self._unmet[dependent] == 0
+                    and trigger == "one_succeeded"
+                    and dependent not in self._any_succeeded
+                )
+                if blocked:
                     del self._pending[dependent]
-                    reason = f"dependency {cause!r} {cause_status.value.lower().replace('_', ' ')}"
+                    if _blocks(trigger, cause_status):
+                        what = cause_status.value.lower().replace("_", " ")
+                        reason = f"dependency {cause!r} {what}"
+                    else:
+                        reason = "no dependency succeeded"
                     skipped.append((dependent, reason))
-                    blocked.append((dependent, StepStatus.SKIPPED))
+                    settled.append((dependent, StepStatus.SKIPPED))
+                elif self._unmet[dependent] == 0:
+                    heapq.heappush(self._ready, (self._order[dependent], dependent))
         return skipped
 
     def halt(self) -> None:

@@ -120,6 +120,10 @@ class InputSpec(SpecModel):
         return "default" not in self.model_fields_set
 
 
+Trigger = Literal["all_succeeded", "none_failed", "all_done", "one_succeeded"]
+"""When a step may start once its dependencies have settled (see `StepBase.trigger`)."""
+
+
 class StepBase(SpecModel):
     """What every kind of step has."""
 
@@ -132,6 +136,38 @@ class StepBase(SpecModel):
         default="fail",
         description="When the step fails for good: `fail` the pipeline, `continue` (its "
         "dependents are skipped), or `{fallback: VALUE}` to succeed with VALUE.",
+    )
+    when: str | None = Field(
+        default=None,
+        description="A condition (Jinja2 expression over `inputs`, `steps` it depends on, "
+        "`item`, `index`, `loop`): when false the step is SKIPPED, reason `condition false`.",
+    )
+    trigger: Trigger = Field(
+        default="all_succeeded",
+        description="When the step may start once its dependencies settled: `all_succeeded`, "
+        "`none_failed` (skipped ones read as null), `all_done` (whatever happened), "
+        "`one_succeeded`.",
+    )
+
+
+class ForEachFields(SpecModel):
+    """Tool, agent and pipeline steps may run once per item of a list known only at run time."""
+
+    for_each: str | None = Field(
+        default=None,
+        description="A template yielding a list, e.g. `{{ steps.plan.output.aspects }}`: one "
+        "instance per item (`item`, `index` inside); the output is their outputs, in order.",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="for_each: instances running at once (default: the pipeline's).",
+    )
+    item_failure: Literal["fail", "continue"] = Field(
+        default="fail",
+        description="for_each: a failed instance fails the step (`fail`), or its error takes "
+        "its place in the output and the rest go on (`continue`).",
     )
 
 
@@ -146,7 +182,7 @@ class ActivityStepBase(StepBase):
     )
 
 
-class ToolStep(ActivityStepBase):
+class ToolStep(ActivityStepBase, ForEachFields):
     """Calls one registered tool as one Temporal activity."""
 
     kind: Literal["tool"] = Field(description="The kind of step.")
@@ -161,7 +197,7 @@ OutputSchema = dict[str, Any] | str
 """An inline JSON schema, or the import path of a pydantic model: `"package.module:Model"`."""
 
 
-class AgentStep(ActivityStepBase):
+class AgentStep(ActivityStepBase, ForEachFields):
     """A conversation with a model that may call tools, run as a child `AgentStepWorkflow`.
 
     Each model call and each tool call is its own activity. `retry` and
@@ -247,7 +283,67 @@ class InputStep(StepBase):
 HumanStep = ApprovalStep | InputStep
 """Steps that wait for a person rather than run an activity."""
 
-Step = Annotated[ToolStep | AgentStep | ApprovalStep | InputStep, Field(discriminator="kind")]
+
+class LoopStep(StepBase):
+    """Runs its body (`steps`) once per iteration, each a child pipeline run, until `until`.
+
+    Inside the body `loop.iteration` counts from 1 and `loop.previous.ID.output`
+    reads the previous iteration's outputs (null on the first). The output is
+    the last iteration's step outputs, by step id.
+    """
+
+    kind: Literal["loop"] = Field(description="The kind of step.")
+    max_iterations: int = Field(ge=1, le=100, description="Iterations at most (required).")
+    until: str | None = Field(
+        default=None,
+        description="Checked after each iteration over its `steps` (and `loop`, `inputs`): "
+        "true ends the loop. Absent: exactly `max_iterations` iterations.",
+    )
+    on_exhausted: Literal["fail", "last"] = Field(
+        default="fail",
+        description="`until` still false after `max_iterations`: fail (`LoopExhausted`), or "
+        "succeed with the last iteration (`last`).",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Body steps running at once (default: the pipeline's).",
+    )
+    steps: list[Step] = Field(
+        min_length=1,
+        description="The body: steps as in a pipeline; they may also read the outputs of the "
+        "loop step's own dependencies.",
+    )
+
+
+class PipelineStep(StepBase, ForEachFields):
+    """Runs another pipeline as a child pipeline run; its output is the child's `outputs`.
+
+    `pipeline:` names a file (relative to this one), which the client reads when it
+    validates and starts the run, so the spec that starts holds it inline; or `steps:`
+    gives the child's steps inline.
+    """
+
+    kind: Literal["pipeline"] = Field(description="The kind of step.")
+    pipeline: str | PipelineSpec | None = Field(
+        default=None,
+        description="The child pipeline: a path relative to this file (read by the client), "
+        "or its spec inline.",
+    )
+    steps: list[Step] | None = Field(
+        default=None, description="Instead of `pipeline`: the child's steps inline."
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The child's inputs, templated; checked against what it declares.",
+    )
+
+
+Step = Annotated[
+    ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep,
+    Field(discriminator="kind"),
+]
 
 ContextMode = Literal["dependencies", "full"]
 """What an agent step sees besides its input: the outputs of the steps it declares
@@ -284,6 +380,11 @@ class PipelineSpec(SpecModel):
     )
     steps: list[Step] = Field(
         min_length=1, description="The steps; each starts once the steps it depends on succeed."
+    )
+    outputs: dict[str, Any] | None = Field(
+        default=None,
+        description="What the pipeline returns, by name: templates over `steps` and `inputs` "
+        "(`PipelineResult.outputs`; a sub-pipeline step's output).",
     )
 
     def step(self, step_id: str) -> Step:
@@ -350,3 +451,8 @@ def tool_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
 
 def tool_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:
     return effective_timeout(step, defaults, step.tool_timeout)
+
+
+LoopStep.model_rebuild()
+PipelineStep.model_rebuild()
+PipelineSpec.model_rebuild()

@@ -9,22 +9,26 @@ half-way. Pure functions: imported in the workflow sandbox.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from stepflow.workflows.expressions import ExpressionError, check_expression
 from stepflow.workflows.json_schemas import check_schema, outside_refs
 from stepflow.workflows.models import (
     AgentStep,
     ApprovalStep,
     InputStep,
     InputType,
+    LoopStep,
     PipelineSpec,
+    PipelineStep,
     Step,
     ToolStep,
 )
-from stepflow.workflows.templates import TemplateError, iter_references
+from stepflow.workflows.templates import TemplateError, is_templated, iter_references
 
 MAX_ISSUE_LENGTH = 500
 """An issue is a line a person reads, whatever the file quoted into it."""
@@ -91,30 +95,80 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 _DECIDES = ("approve", "reject")
 
+_SCOPED = {"item": "a for_each step", "index": "a for_each step", "loop": "a loop's steps"}
 
-def structural_issues(spec: PipelineSpec, *, output_schema_refs: bool = True) -> list[SpecIssue]:
+
+def structural_issues(
+    spec: PipelineSpec,
+    *,
+    output_schema_refs: bool = True,
+    outside: Collection[str] = (),
+    in_loop: bool = False,
+) -> list[SpecIssue]:
     """Duplicate ids, unknown or self dependencies, cycles, and references to undeclared things.
+
+    Loop bodies and sub-pipelines are checked the same way, their issues named by
+    the path to the step (`revise.write`).
 
     Args:
         output_schema_refs: refuse an `output_schema` whose `$ref` points outside it. Off only
             for runs that started before the workflow refused them (they replay as they ran).
+        outside: Steps of an enclosing run these steps may also depend on (a loop's
+            dependencies, seen from its body).
+        in_loop: The steps are a loop's body: `loop` exists in their templates.
     """
+    issues = _steps_issues(
+        spec.steps, set(spec.inputs), frozenset(outside), in_loop, output_schema_refs
+    )
+    if spec.outputs is not None:
+        ids = [s.id for s in spec.steps]
+        for name, value in spec.outputs.items():
+            issues.extend(
+                _reference_issues(
+                    set(spec.inputs), None, ids, f"outputs.{name}", value, frozenset()
+                )
+            )
+    return issues
+
+
+def _steps_issues(
+    steps: list[Step],
+    inputs: set[str],
+    outside: frozenset[str],
+    in_loop: bool,
+    output_schema_refs: bool,
+) -> list[SpecIssue]:
     issues: list[SpecIssue] = []
     seen: set[str] = set()
-    for step in spec.steps:
+    for step in steps:
         if step.id in seen:
             issues.append(SpecIssue("duplicate step id", step.id, "id"))
+        elif step.id in outside:
+            issues.append(
+                SpecIssue(
+                    "a loop's step cannot have the id of a step the loop depends on", step.id, "id"
+                )
+            )
         seen.add(step.id)
 
-    for step in spec.steps:
+    for step in steps:
         for dep in step.depends_on:
             if dep == step.id:
                 issues.append(SpecIssue("a step cannot depend on itself", step.id, "depends_on"))
-            elif dep not in seen:
-                hint = did_you_mean(dep, seen)
+            elif dep not in seen and dep not in outside:
+                hint = did_you_mean(dep, seen | outside)
                 issues.append(SpecIssue(f"unknown step {dep!r}{hint}", step.id, "depends_on"))
+        scopes = frozenset(
+            [
+                *(("item", "index") if getattr(step, "for_each", None) else ()),
+                *(("loop",) if in_loop else ()),
+            ]
+        )
+        # A loop's steps see the outputs of the loop's dependencies without naming them.
+        visible = [*step.depends_on, *sorted(outside)]
         for field, value in templated_fields(step):
-            issues.extend(_reference_issues(spec, step.id, step.depends_on, field, value))
+            issues.extend(_reference_issues(inputs, step.id, visible, field, value, scopes))
+        issues.extend(_control_issues(step, inputs, scopes, visible))
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
                 issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
@@ -132,25 +186,149 @@ def structural_issues(spec: PipelineSpec, *, output_schema_refs: bool = True) ->
         ):
             problems = outside_refs(step.output_schema)
             issues.extend(SpecIssue(p, step.id, "output_schema") for p in problems)
+        if isinstance(step, LoopStep):
+            body = _steps_issues(
+                step.steps, inputs, frozenset(step.depends_on), True, output_schema_refs
+            )
+            issues.extend(_nested(step.id, body))
+        if isinstance(step, PipelineStep):
+            issues.extend(_pipeline_step_issues(step, output_schema_refs))
 
-    graph = {step.id: [d for d in step.depends_on if d != step.id] for step in spec.steps}
+    graph = {step.id: [d for d in step.depends_on if d != step.id] for step in steps}
     cycle = find_cycle(graph)
     if cycle:
         issues.append(SpecIssue("dependency cycle: " + " -> ".join(cycle), cycle[0], "depends_on"))
     return issues
 
 
+def _nested(prefix: str, issues: list[SpecIssue]) -> list[SpecIssue]:
+    """Issues of a loop's body or a sub-pipeline, named by the path to their step."""
+    return [
+        SpecIssue(i.message, f"{prefix}.{i.step}" if i.step else prefix, i.field) for i in issues
+    ]
+
+
+def _control_issues(
+    step: Step, inputs: set[str], scopes: frozenset[str], visible: list[str]
+) -> list[SpecIssue]:
+    """`when`, `for_each` and a loop's `until`: they parse and read only what the step sees."""
+    issues = []
+    if step.when is not None:
+        allowed = frozenset({"inputs", "steps"}) | scopes
+        issues.extend(_expression_issues(step.when, step.id, "when", inputs, visible, allowed))
+    for_each = getattr(step, "for_each", None)
+    if for_each is not None and not is_templated(for_each):
+        issues.append(
+            SpecIssue(
+                "must be a template that yields a list, e.g. {{ steps.plan.output.items }}",
+                step.id,
+                "for_each",
+            )
+        )
+    if isinstance(step, LoopStep) and step.until is not None:
+        body = [s.id for s in step.steps]
+        allowed = frozenset({"inputs", "steps", "loop"})
+        issues.extend(_expression_issues(step.until, step.id, "until", inputs, body, allowed))
+    return issues
+
+
+def _expression_issues(
+    text: str,
+    step_id: str,
+    field: str,
+    inputs: set[str],
+    visible: list[str],
+    allowed: frozenset[str],
+) -> list[SpecIssue]:
+    try:
+        names = check_expression(text)
+    except ExpressionError as err:
+        return [SpecIssue(str(err), step_id, field)]
+    issues = []
+    for root in sorted(names.roots - allowed):
+        where = _SCOPED.get(root)
+        reason = f"exists only inside {where}" if where else "is not defined"
+        issues.append(
+            SpecIssue(
+                f"{root!r} {reason}: a condition reads {', '.join(sorted(allowed))}",
+                step_id,
+                field,
+            )
+        )
+    for name in sorted(names.steps - set(visible)):
+        what = "in depends_on" if field == "when" else "a step of the loop's body"
+        issues.append(SpecIssue(f"reads step {name!r}, which is not {what}", step_id, field))
+    for name in sorted(names.inputs - inputs):
+        hint = did_you_mean(name, inputs)
+        issues.append(
+            SpecIssue(f"reads input {name!r}, which is not declared{hint}", step_id, field)
+        )
+    return issues
+
+
+def _pipeline_step_issues(step: PipelineStep, output_schema_refs: bool) -> list[SpecIssue]:
+    """A sub-pipeline: one of `pipeline` or `steps`; its own checks; inputs it declares."""
+    if (step.pipeline is None) == (step.steps is None):
+        return [SpecIssue("give either `pipeline` (a file) or `steps`", step.id, "pipeline")]
+    if isinstance(step.pipeline, str):
+        return [
+            SpecIssue(
+                f"the file {step.pipeline!r} was not read: start the run with `stepflow run` "
+                "or StepflowClient, which read it",
+                step.id,
+                "pipeline",
+            )
+        ]
+    if step.steps is not None:
+        body = _steps_issues(step.steps, set(step.inputs), frozenset(), False, output_schema_refs)
+        return _nested(step.id, body)
+    assert step.pipeline is not None
+    child = step.pipeline
+    issues = _nested(step.id, structural_issues(child, output_schema_refs=output_schema_refs))
+    for name in step.inputs:
+        if name not in child.inputs:
+            hint = did_you_mean(name, child.inputs)
+            issues.append(
+                SpecIssue(
+                    f"pipeline {child.name!r} declares no input {name!r}{hint}",
+                    step.id,
+                    f"inputs.{name}",
+                )
+            )
+    for name, decl in child.inputs.items():
+        if decl.required and name not in step.inputs:
+            issues.append(
+                SpecIssue(
+                    f"pipeline {child.name!r} needs input {name!r}", step.id, f"inputs.{name}"
+                )
+            )
+    return issues
+
+
 def templated_fields(step: Step) -> list[tuple[str, Any]]:
     """The fields of a step that may hold {{ ... }} references, by the name errors use."""
+    fields: list[tuple[str, Any]] = []
+    for_each = getattr(step, "for_each", None)
+    if for_each is not None:
+        fields.append(("for_each", for_each))
     if isinstance(step, AgentStep):
-        return [("instructions", step.instructions), ("input", step.input)]
+        return [*fields, ("instructions", step.instructions), ("input", step.input)]
     if isinstance(step, ToolStep):
-        return [(f"args.{key}", value) for key, value in step.args.items()]
-    return [("message", step.message)]
+        return [*fields, *((f"args.{key}", value) for key, value in step.args.items())]
+    if isinstance(step, PipelineStep):
+        return [*fields, *((f"inputs.{key}", value) for key, value in step.inputs.items())]
+    if isinstance(step, LoopStep):
+        return fields
+    return [*fields, ("message", step.message)]
 
 
 def _reference_issues(
-    spec: PipelineSpec, step_id: str, depends_on: list[str], field: str, value: Any
+    inputs: set[str],
+    step_id: str | None,
+    depends_on: list[str],
+    field: str,
+    value: Any,
+    scopes: frozenset[str],
 ) -> list[SpecIssue]:
     issues = []
     try:
@@ -158,16 +336,27 @@ def _reference_issues(
     except TemplateError as err:
         return [SpecIssue(str(err), step_id, field)]
     for ref in references:
-        if ref.root == "inputs" and ref.name not in spec.inputs:
-            hint = did_you_mean(ref.name, spec.inputs)
+        if ref.root == "inputs" and ref.name not in inputs:
+            hint = did_you_mean(ref.name, inputs)
             issues.append(
                 SpecIssue(f"{{{{ {ref.text} }}}} names no declared input{hint}", step_id, field)
             )
         elif ref.root == "steps" and ref.name not in depends_on:
+            if step_id is None:
+                issues.append(SpecIssue(f"{{{{ {ref.text} }}}} names no step", step_id, field))
+                continue
             issues.append(
                 SpecIssue(
                     f"{{{{ {ref.text} }}}} uses step {ref.name!r}, which is not in depends_on: "
                     "a step sees only the outputs of the steps it depends on",
+                    step_id,
+                    field,
+                )
+            )
+        elif ref.root in _SCOPED and (ref.root not in scopes or field == "for_each"):
+            issues.append(
+                SpecIssue(
+                    f"{{{{ {ref.text} }}}}: {ref.root!r} exists only inside {_SCOPED[ref.root]}",
                     step_id,
                     field,
                 )
@@ -229,21 +418,40 @@ def resolve_inputs(spec: PipelineSpec, given: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def all_steps(steps: list[Step], prefix: str = "") -> Iterator[tuple[str, Step]]:
+    """Every step, those of loop bodies and sub-pipelines too, with its path (`revise.write`)."""
+    for step in steps:
+        path = f"{prefix}{step.id}"
+        yield path, step
+        if isinstance(step, LoopStep):
+            yield from all_steps(step.steps, f"{path}.")
+        elif isinstance(step, PipelineStep):
+            inner = step.pipeline.steps if isinstance(step.pipeline, PipelineSpec) else step.steps
+            yield from all_steps(inner or [], f"{path}.")
+
+
 def outside_output_schema_refs(spec: PipelineSpec) -> bool:
     """Whether an agent step's inline `output_schema` has a `$ref` outside it."""
     return any(
         isinstance(step, AgentStep)
         and isinstance(step.output_schema, dict)
         and bool(outside_refs(step.output_schema))
-        for step in spec.steps
+        for _, step in all_steps(spec.steps)
     )
 
 
 def check_pipeline(
-    spec: PipelineSpec, given_inputs: dict[str, Any], *, output_schema_refs: bool = True
+    spec: PipelineSpec,
+    given_inputs: dict[str, Any],
+    *,
+    output_schema_refs: bool = True,
+    outside: Collection[str] = (),
+    in_loop: bool = False,
 ) -> dict[str, Any]:
     """Everything that can be checked without the tool registry; returns the resolved inputs."""
-    issues = structural_issues(spec, output_schema_refs=output_schema_refs)
+    issues = structural_issues(
+        spec, output_schema_refs=output_schema_refs, outside=outside, in_loop=in_loop
+    )
     try:
         inputs = resolve_inputs(spec, given_inputs)
     except SpecError as err:

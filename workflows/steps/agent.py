@@ -43,7 +43,7 @@ class AgentRunner:
         spec = ctx.spec
         instructions = ctx.render(step, step.instructions)
         step_input = ctx.render(step, step.input)
-        declared = ctx.state.outputs(step.depends_on)
+        declared = ctx.dependency_outputs(step)
         full = spec.context == "full"
         try:
             return await workflow.execute_child_workflow(
@@ -61,12 +61,12 @@ class AgentRunner:
                     model_timeout=model_call_timeout(step, spec.defaults),
                     tool_retry=tool_call_retry(step, spec.defaults),
                     tool_timeout=tool_call_timeout(step, spec.defaults),
-                    idempotency_prefix=idempotency_key(step.id),
+                    idempotency_prefix=idempotency_key(ctx.key(step)),
                     routing=ctx.routing,
                 ),
                 result_type=AgentStepResult,
-                id=agent_workflow_id(step.id),
-                static_summary=f"agent step {step.id}",
+                id=agent_workflow_id(ctx.key(step)),
+                static_summary=f"agent step {ctx.key(step)}",
             )
         except ChildWorkflowError as err:
             if isinstance(err.cause, CancelledError) and ctx.cancelling():

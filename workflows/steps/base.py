@@ -7,25 +7,29 @@ and one line in the registry (`steps.RUNNERS`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from temporalio import workflow
 
 from stepflow.workflows.errors import ErrorType, StepFailure
+from stepflow.workflows.expressions import ExpressionError, is_true
 from stepflow.workflows.models import (
     AgentStep,
     ApprovalStep,
     InputStep,
+    LoopStep,
     PipelineSpec,
+    PipelineStep,
     StepRecord,
+    StepStatus,
     TaskRouting,
     ToolStep,
 )
 from stepflow.workflows.run_state import RunState
-from stepflow.workflows.templates import TemplateError, render
+from stepflow.workflows.templates import Scope, TemplateError, render
 
-AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep
+AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep
 
 
 @dataclass
@@ -41,13 +45,84 @@ class StepContext:
     """Refresh what the run shows (details, status attribute) after a record changed."""
     cancelling: Callable[[], bool]
     """Whether the whole run is cancelling its steps (not one step being cancelled)."""
+    payload_store: bool = False
+    """The run's workers keep large payloads outside history (children are told so too)."""
+    outside: dict[str, Any] = field(default_factory=dict)
+    """A child run's view of its parent: outputs of the parent's steps its steps may read."""
+    outside_skipped: frozenset[str] = frozenset()
+    """Those of `outside` that did not succeed: they read as null."""
+    loop: dict[str, Any] | None = None
+    """Inside a loop's body: `{iteration, max_iterations, previous}`."""
+    item: Any = None
+    index: int | None = None
+    """Inside one instance of a for_each step: its item and index (from 0)."""
+
+    def instance(self, item: Any, index: int) -> StepContext:
+        """The context of a for_each step's instance number `index`."""
+        return replace(self, item=item, index=index)
+
+    def key(self, step: AnyStep) -> str:
+        """What names this step (or instance) in ids, keys and summaries: `research[3]`."""
+        return step.id if self.index is None else f"{step.id}[{self.index}]"
+
+    def dependency_outputs(self, step: AnyStep) -> dict[str, Any]:
+        """The outputs of the steps `step` depends on, in this run or (a child's) its parent."""
+        records = self.state.by_id
+        return {
+            # A loop's steps see the outputs of the loop's dependencies without naming them.
+            **self.outside,
+            **{
+                dep: records[dep].output if dep in records else self.outside.get(dep)
+                for dep in step.depends_on
+            },
+        }
+
+    def _nulls(self, step: AnyStep) -> frozenset[str]:
+        """Dependencies that did not succeed (a `none_failed` or `all_done` step's)."""
+        records = self.state.by_id
+        failed = {
+            dep
+            for dep in step.depends_on
+            if dep in records and records[dep].status is not StepStatus.SUCCEEDED
+        }
+        return frozenset(failed) | self.outside_skipped
+
+    def _scope_values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if self.index is not None:
+            values["item"] = self.item
+            values["index"] = self.index
+        if self.loop is not None:
+            values["loop"] = self.loop
+        return values
 
     def render(self, step: AnyStep, template: Any) -> Any:
         """`template` with the run's inputs and the outputs of the steps `step` depends on."""
+        scope = Scope(self._scope_values(), self._nulls(step))
         try:
-            return render(template, self.inputs, self.state.outputs(step.depends_on))
+            return render(template, self.inputs, self.dependency_outputs(step), scope)
         except TemplateError as err:
             raise StepFailure(ErrorType.INVALID_REFERENCE, str(err), attempts=0) from None
+
+    def condition(self, step: AnyStep, expression: str) -> bool:
+        """`expression` (a `when`) over the inputs, the dependencies and the scope."""
+        records = self.state.by_id
+        steps = {
+            dep: {
+                "output": output,
+                "status": (
+                    records[dep].status.value
+                    if dep in records
+                    else ("SKIPPED" if dep in self.outside_skipped else "SUCCEEDED")
+                ),
+            }
+            for dep, output in self.dependency_outputs(step).items()
+        }
+        context = {"inputs": self.inputs, "steps": steps, **self._scope_values()}
+        try:
+            return is_true(expression, context)
+        except ExpressionError as err:
+            raise StepFailure(ErrorType.INVALID_EXPRESSION, str(err), attempts=0) from None
 
 
 class StepRunner(Protocol):

@@ -39,10 +39,10 @@ class ToolRunner:
                     step_id=step.id,
                     tool=step.tool,
                     args=args,
-                    idempotency_key=idempotency_key(step.id),
+                    idempotency_key=idempotency_key(ctx.key(step)),
                 ),
                 result_type=ToolCallOutput,
-                summary=f"{step.id} · tool {step.tool}",
+                summary=f"{ctx.key(step)} · tool {step.tool}",
                 **activity_options(retry, effective_timeout(step, ctx.spec.defaults)),
                 **tool_call_queue(ctx.routing, step.tool),
             )
