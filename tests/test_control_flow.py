@@ -211,6 +211,6 @@ async def test_a_sub_pipeline_runs_as_a_child_with_its_own_inputs(
 
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert result.output("translate") == {"text": "fr: hello"}
-    assert result.step("translate").child and result.step("translate").child.endswith("/translate")
+    assert (result.step("translate").child or "").endswith("/translate")
     assert result.step("extra").status is StepStatus.FAILED
     assert "nope" in (result.step("extra").error or "")
