@@ -70,6 +70,49 @@ SEEDS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "fuzz-flow",
+        "inputs": {"n": {"type": "integer", "default": 2}},
+        "outputs": {"last": "{{ steps.loop.output.w }}", "each": "{{ steps.each.output }}"},
+        "steps": [
+            {"id": "list", "kind": "tool", "tool": "echo", "args": {"value": [1, 2, 3]}},
+            {
+                "id": "each",
+                "kind": "tool",
+                "tool": "echo",
+                "depends_on": ["list"],
+                "for_each": "{{ steps.list.output }}",
+                "max_concurrency": 2,
+                "item_failure": "continue",
+                "when": "item != inputs.n",
+                "args": {"value": "{{ index }}: {{ item }}"},
+            },
+            {
+                "id": "loop",
+                "kind": "loop",
+                "depends_on": ["each"],
+                "max_iterations": 2,
+                "until": "steps.w.output == loop.iteration",
+                "on_exhausted": "last",
+                "steps": [
+                    {
+                        "id": "w",
+                        "kind": "tool",
+                        "tool": "echo",
+                        "args": {"value": "{{ loop.iteration }} {{ steps.each.output }}"},
+                    }
+                ],
+            },
+            {
+                "id": "sub",
+                "kind": "pipeline",
+                "depends_on": ["loop"],
+                "trigger": "all_done",
+                "inputs": {"x": "{{ steps.loop.output }}"},
+                "steps": [{"id": "in", "kind": "tool", "tool": "echo", "args": {"value": 1}}],
+            },
+        ],
+    },
+    {
         "name": "fuzz-people",
         "steps": [
             {"id": "ok", "kind": "approval", "message": "Ship?", "timeout": "1h"},
