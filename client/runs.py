@@ -160,8 +160,12 @@ def list_query(status: str | None = None, pipeline: str | None = None) -> str:
     Raises:
         ValueError: an unknown status or a malformed pipeline name.
     """
-    # A long run that continued as new is one pipeline run: list its current run only.
-    query = f"WorkflowType = '{PIPELINE_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew'"
+    # A long run that continued as new is one pipeline run: list its current run only. Loop
+    # iterations, sub-pipelines and for_each batches are child runs: `status` shows them.
+    query = (
+        f"WorkflowType = '{PIPELINE_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew' "
+        "AND ParentWorkflowId IS NULL"
+    )
     if status is not None:
         status = status.upper()
         if status not in LIST_STATUSES:

@@ -9,6 +9,7 @@ from temporalio.client import Client
 
 from stepflow.client.api import StepflowClient
 from stepflow.workflows.models import PipelineStatus, StepStatus
+from tests.support.control_tools import eventually
 from tests.support.helpers import pipeline, step
 from tests.support.tools import journal_read
 
@@ -214,3 +215,18 @@ async def test_a_sub_pipeline_runs_as_a_child_with_its_own_inputs(
     assert (result.step("translate").child or "").endswith("/translate")
     assert result.step("extra").status is StepStatus.FAILED
     assert "nope" in (result.step("extra").error or "")
+
+
+async def test_stepflow_list_shows_the_run_but_not_its_child_runs(
+    worker: None, stepflow: StepflowClient, journal: str
+) -> None:
+    body = [record_step("write", journal, "x")]
+    loop = {"id": "revise", "kind": "loop", "max_iterations": 2, "steps": body}
+    run = await stepflow.start_pipeline(pipeline(loop))
+    await stepflow.get_result(run.workflow_id)
+
+    async def listed() -> list[str]:
+        runs = await stepflow.list_runs(limit=1000)
+        return [r.workflow_id for r in runs if r.workflow_id.startswith(run.workflow_id)]
+
+    assert await eventually(listed, lambda ids: bool(ids), "the run listed") == [run.workflow_id]
