@@ -33,12 +33,14 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from stepflow.client.loading import check_spec, load_spec_file
+from stepflow.client.loading import check_spec, load_spec_file, resolve_pipeline_files
+from stepflow.client.rerun import plan_rerun
 from stepflow.client.runs import (
     RunSummary,
     attributes_unregistered,
     chain_memo,
     list_query,
+    reruns_query,
     run_summary,
     stepflow_attributes,
     warn_unregistered,
@@ -56,7 +58,7 @@ from stepflow.runtime.routing import task_routing, warn_unserved
 from stepflow.runtime.settings import Settings, get_settings
 from stepflow.workflows import control
 from stepflow.workflows.control import PipelineState, StepInput, StepRequest
-from stepflow.workflows.models import PipelineInput, PipelineResult, PipelineSpec
+from stepflow.workflows.models import PipelineInput, PipelineResult, PipelineSpec, Reuse
 from stepflow.workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
 from stepflow.workflows.validation import resolve_inputs
 
@@ -103,10 +105,16 @@ def timed_out(err: RPCError) -> bool:
 def load_pipeline(pipeline: PipelineSpec | str | Path) -> PipelineSpec:
     """A spec, or the spec in a YAML file, checked completely (tools included).
 
+    Sub-pipeline files (`pipeline: FILE`) are read and put inline: relative to the
+    file that names them, or, in a spec built in Python, to the current directory.
+
     Raises:
         SpecError: every problem found.
     """
-    spec = pipeline if isinstance(pipeline, PipelineSpec) else load_spec_file(pipeline)
+    if isinstance(pipeline, PipelineSpec):
+        spec = resolve_pipeline_files(pipeline)
+    else:
+        spec = load_spec_file(pipeline)
     check_spec(spec)
     return spec
 
@@ -173,7 +181,8 @@ class StepflowClient:
         (with one warning), since a run matters more than its listing.
 
         Args:
-            pipeline: A spec, or the path of a YAML file.
+            pipeline: A spec, or the path of a YAML file. Sub-pipeline files it names are
+                read here (relative to it; for a spec, to the current directory).
             inputs: Values of the pipeline's inputs (checked against their types).
             workflow_id: Defaults to `<pipeline-name>-<8 hex digits>`.
             task_queue: Defaults to STEPFLOW_TASK_QUEUE (`stepflow`).
@@ -183,7 +192,62 @@ class StepflowClient:
             RunAlreadyStarted: a run with `workflow_id` is still running.
         """
         spec = load_pipeline(pipeline)
-        resolved = resolve_inputs(spec, inputs or {})
+        return await self._start(spec, inputs or {}, workflow_id, task_queue)
+
+    async def rerun(
+        self,
+        run_id: str,
+        from_step: str | None = None,
+        *,
+        from_failed: bool = False,
+        pipeline: PipelineSpec | str | Path | None = None,
+        inputs: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+    ) -> PipelineRun:
+        """Start a new run of an ended run, from a step: the steps before it are taken over.
+
+        Every step that is neither `from_step` nor downstream of it takes its output from
+        the earlier run (status REUSED, `reused_from` naming it); `from_step` and everything
+        after it run. `from_step` may name a step inside a loop or sub-pipeline
+        (`revise.write`): the loop reruns from the iteration that step ran in.
+
+        Args:
+            run_id: The workflow id of the ended run (succeeded, failed or cancelled).
+            from_step: The step to run again, with everything after it.
+            from_failed: Instead of `from_step`: every step that failed, and after.
+            pipeline: The pipeline to run instead of the earlier run's own: it may change
+                anything at or after the step; the steps taken over must be unchanged.
+            inputs: Inputs to change; the others are the earlier run's.
+
+        Raises:
+            client.rerun.RerunRefused: no such run or step, still running, nothing failed,
+                or a step to take over changed.
+            workflows.validation.SpecError: the new pipeline or inputs are invalid.
+        """
+        spec = load_pipeline(pipeline) if pipeline is not None else None
+        plan = await plan_rerun(
+            self.temporal, run_id, from_step, from_failed=from_failed, spec=spec, inputs=inputs
+        )
+        if spec is None:
+            check_spec(plan.spec)
+        return await self._start(
+            plan.spec,
+            plan.inputs,
+            workflow_id or f"{plan.spec.name}-{uuid.uuid4().hex[:8]}",
+            task_queue,
+            plan.reuse,
+        )
+
+    async def _start(
+        self,
+        spec: PipelineSpec,
+        inputs: dict[str, Any],
+        workflow_id: str | None,
+        task_queue: str | None,
+        reuse: Reuse | None = None,
+    ) -> PipelineRun:
+        resolved = resolve_inputs(spec, inputs)
         workflow_id = workflow_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
         routing = task_routing(self.settings)  # the workers' queues: they share these settings
 
@@ -195,6 +259,7 @@ class StepflowClient:
                     inputs=resolved,
                     routing=routing,
                     payload_store=self.settings.payload_store != "off",
+                    reuse=reuse,
                 ),
                 id=workflow_id,
                 task_queue=task_queue or self.settings.task_queue,
@@ -202,15 +267,19 @@ class StepflowClient:
                     "pipeline": spec.name,
                     "description": spec.description or "",
                     **chain_memo(datetime.now(UTC)),
+                    **({"rerun_of": reuse.source} if reuse else {}),
                 },
                 search_attributes=attributes,
                 static_summary=f"pipeline {spec.name}",
+                static_details=f"rerun of `{reuse.source}`" if reuse else None,
             )
 
         try:
             if self._attributes_registered:
                 try:
-                    handle = await start(stepflow_attributes(spec.name))
+                    handle = await start(
+                        stepflow_attributes(spec.name, reuse.source if reuse else None)
+                    )
                 except RPCError as err:
                     if not attributes_unregistered(err):
                         raise
@@ -310,6 +379,13 @@ class StepflowClient:
         query = list_query(status, pipeline)
         runs = []
         async for execution in self.temporal.list_workflows(query, limit=limit):
+            runs.append(await run_summary(execution))
+        return runs
+
+    async def reruns(self, workflow_id: str) -> list[RunSummary]:
+        """The reruns of a run, newest first (through visibility: ~1 s behind)."""
+        runs = []
+        async for execution in self.temporal.list_workflows(reruns_query(workflow_id)):
             runs.append(await run_summary(execution))
         return runs
 

@@ -2,6 +2,8 @@
 
     stepflow validate FILE
     stepflow run FILE [--input NAME=VALUE ...] [--id ID] [--no-wait] [--json]
+    stepflow rerun ID (--from STEP | --from-failed) [--file FILE] [--input ...] [--id ID]
+                                                [--no-wait] [--json]   reuse what ran before STEP
     stepflow result ID [--json]
     stepflow status ID [--json]                 the run's steps now
     stepflow watch ID                           follow it until it ends
@@ -72,6 +74,7 @@ from stepflow.client.loading import (
 )
 from stepflow.client.payloads_command import add_payloads_command
 from stepflow.client.render import print_result
+from stepflow.client.rerun import RerunRefused, read_input
 from stepflow.client.schedule_commands import add_schedule_commands
 from stepflow.client.schedules import ScheduleError, ScheduleNotFound
 from stepflow.client.unserved import warn_while_unserved
@@ -156,6 +159,34 @@ async def cmd_run(args: argparse.Namespace) -> int:
     client = await StepflowClient.connect()
     run = await client.start_pipeline(spec, inputs, workflow_id=args.id)
     err.print(f"started {run.workflow_id}")
+    err.print(f"Web UI: {run.ui_url}")
+    if args.no_wait:
+        if args.json:
+            out.print_json(
+                data={"workflow_id": run.workflow_id, "run_id": run.run_id, "ui_url": run.ui_url}
+            )
+        return EXIT_OK
+    result = await _wait_for_result(client, run.workflow_id, run.run_id)
+    return _show(result, args.json)
+
+
+async def cmd_rerun(args: argparse.Namespace) -> int:
+    client = await StepflowClient.connect()
+    spec = load_spec_file(args.file) if args.file else None
+    if spec is not None:
+        _warn(spec, args.file)
+    # Inputs are read by the types the pipeline that runs declares: the earlier run's by default.
+    declared = spec or (await read_input(client.temporal, args.workflow_id)).spec
+    inputs = parse_inputs(declared, args.input)
+    run = await client.rerun(
+        args.workflow_id,
+        args.from_step,
+        from_failed=args.from_failed,
+        pipeline=spec,
+        inputs=inputs,
+        workflow_id=args.id,
+    )
+    err.print(f"started {run.workflow_id}, a rerun of {args.workflow_id}")
     err.print(f"Web UI: {run.ui_url}")
     if args.no_wait:
         if args.json:
@@ -258,6 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_run)
 
+    p = sub.add_parser(
+        "rerun",
+        help="run an ended run again from a step, taking over the outputs of the steps before it",
+    )
+    p.add_argument("workflow_id", metavar="ID")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--from",
+        dest="from_step",
+        metavar="STEP",
+        help="the step to run again, with everything after it (`loop.step` inside a loop)",
+    )
+    where.add_argument(
+        "--from-failed", action="store_true", help="every step that failed, and everything after"
+    )
+    p.add_argument("--file", help="a changed pipeline: it may change the step and what follows")
+    add_input_option(p, "an input to change; the others are the earlier run's")
+    p.add_argument("--id", help="workflow id (default: <pipeline-name>-<short-uuid>)")
+    p.add_argument("--no-wait", action="store_true", help="print the run's id and return")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_rerun)
+
     p = sub.add_parser("result", help="wait for a run's result and print it")
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--json", action="store_true")
@@ -290,6 +343,7 @@ def _one_line_errors(
         return EXIT_USAGE
     except (
         UsageError,
+        RerunRefused,
         RunNotFound,
         RunAlreadyStarted,
         ControlRejected,

@@ -180,6 +180,12 @@ async def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(data=[event.to_json() for event in timeline])
         return EXIT_OK
+    # A rerun names the run it reran, and a run its reruns: both ways, as the Web UI's.
+    summary = await client.describe(args.workflow_id)
+    if summary.rerun_of:
+        out.print(f"rerun of {summary.rerun_of}", markup=False, highlight=False)
+    for rerun in await client.reruns(args.workflow_id):
+        out.print(f"rerun as {rerun.workflow_id} ({rerun.status})", markup=False, highlight=False)
     for line in format_lines(timeline):
         out.print(line, markup=False, highlight=False)
     return EXIT_OK

@@ -3,11 +3,16 @@
 Adds to `workflows.validation` what needs this process's tool registry:
 unknown tools and arguments that fail a tool's schema. Every problem comes
 back as a `SpecIssue` naming the step and the field.
+
+A `kind: pipeline` step may name another file (`pipeline: translate.yaml`);
+the client reads it here, relative to the file that names it, so the spec a
+run starts with holds every sub-pipeline inline: the workflow never reads files.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,12 @@ from stepflow.workflows.models import (
     BUILTIN_RETRY,
     OFFLINE_MODEL,
     AgentStep,
+    LoopStep,
     PipelineSpec,
+    PipelineStep,
     RetrySpec,
+    Step,
+    StepDefaults,
     ToolStep,
     effective_retry,
     model_call_retry,
@@ -33,6 +42,7 @@ from stepflow.workflows.templates import stray_braces
 from stepflow.workflows.validation import (
     SpecError,
     SpecIssue,
+    all_steps,
     did_you_mean,
     input_type_problem,
     structural_issues,
@@ -41,29 +51,50 @@ from stepflow.workflows.validation import (
 
 
 def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIssue]:
-    """pydantic's errors, located by step id (not list index) and dotted field."""
+    """pydantic's errors, located by step path (not list index) and dotted field.
+
+    A step inside a loop's body or an inline sub-pipeline is named by its path
+    (`revise.write`), as the other checks name it.
+    """
     issues = []
     for error in err.errors():
-        loc = list(error["loc"])
-        step = None
-        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
-            index = loc[1]
-            step = f"#{index + 1}"
-            raw_steps = raw.get("steps") if isinstance(raw, dict) else None
-            if isinstance(raw_steps, list) and index < len(raw_steps):
-                raw_step = raw_steps[index]
-                if isinstance(raw_step, dict) and isinstance(raw_step.get("id"), str):
-                    step = raw_step["id"]
-                    # pydantic puts the discriminator's value into the path; a reader does not.
-                    if len(loc) > 2 and loc[2] == raw_step.get("kind"):
-                        del loc[2]
-            loc = loc[2:]
+        step, loc, raw_step = _locate(list(error["loc"]), raw)
+        if loc == ["pipeline", "str"] and isinstance(raw_step.get("pipeline"), dict):
+            continue  # `pipeline:` given inline: that it is no file name goes without saying
+        loc = [part for part in loc if part not in ("str", "PipelineSpec")]  # union members
         message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
         if error["type"] == "extra_forbidden":
             message = "unknown key (a typo?)"
         field = ".".join(str(part) for part in loc)
         issues.append(SpecIssue(message, step, field or None))
-    return issues
+    return list(dict.fromkeys(issues))
+
+
+def _locate(loc: list[Any], raw: Any) -> tuple[str | None, list[Any], dict[str, Any]]:
+    """Where an error is: the path of its step (`revise.write`; `#3` for one without an
+    id), the rest of pydantic's location (the field), and the step as written."""
+    path: list[str] = []
+    node = raw
+    raw_step: Any = {}
+    while len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        index = loc[1]
+        raw_steps = node.get("steps") if isinstance(node, dict) else None
+        raw_step = (
+            raw_steps[index] if isinstance(raw_steps, list) and index < len(raw_steps) else {}
+        )
+        loc = loc[2:]
+        if not isinstance(raw_step, dict) or not isinstance(raw_step.get("id"), str):
+            path.append(f"#{index + 1}")
+            raw_step = {}
+            break
+        path.append(raw_step["id"])
+        # pydantic puts the discriminator's value into the path; a reader does not.
+        if loc and loc[0] == raw_step.get("kind"):
+            loc = loc[1:]
+        node = raw_step
+        if loc[:2] == ["pipeline", "PipelineSpec"] and loc[2:3] == ["steps"]:
+            node, loc = raw_step.get("pipeline"), loc[2:]  # a step of an inline sub-pipeline
+    return (".".join(path) if path else None), loc, raw_step
 
 
 def parse_spec(raw: Any) -> PipelineSpec:
@@ -81,10 +112,14 @@ def parse_spec(raw: Any) -> PipelineSpec:
 
 
 def load_spec_file(path: str | Path) -> PipelineSpec:
-    """Read and parse a YAML (or JSON) pipeline file.
+    """Read and parse a YAML (or JSON) pipeline file, and the sub-pipeline files it names.
+
+    Each `pipeline: FILE` is read relative to the file that names it (recursively:
+    a sub-pipeline's own and those in loop bodies too) and put in the spec inline.
 
     Raises:
-        SpecError: the file is missing, is not YAML, or does not describe a pipeline.
+        SpecError: the file is missing, is not YAML, or does not describe a pipeline;
+            or a sub-pipeline file is missing, invalid, or names back a file naming it.
     """
     path = Path(path)
     try:
@@ -93,69 +128,261 @@ def load_spec_file(path: str | Path) -> PipelineSpec:
         raise SpecError([SpecIssue(f"cannot read {path}: {err.strerror}")]) from None
     except YamlProblem as err:
         raise SpecError([SpecIssue(f"{path} {err}")]) from None
-    return parse_spec(raw)
+    spec = parse_spec(raw)
+    return _resolve_or_raise(spec, os.path.dirname(str(path)), [(_identity(str(path)), str(path))])
+
+
+def resolve_pipeline_files(spec: PipelineSpec, directory: str | Path = "") -> PipelineSpec:
+    """`spec` with every `pipeline: FILE` read (recursively) and put inline; `spec` is unchanged.
+
+    Args:
+        directory: What the paths are relative to; default: the current directory.
+
+    Raises:
+        SpecError: a file is missing or invalid, or files name each other in a cycle.
+    """
+    return _resolve_or_raise(spec, str(directory) if str(directory) != "." else "", [])
+
+
+MAX_INLINED_STEPS = 20_000
+"""Steps of a pipeline with every sub-pipeline file inlined. Files that name others several
+times multiply: ten levels of files naming the next twice are 1,024 copies of the last."""
+
+
+def _resolve_or_raise(
+    spec: PipelineSpec, directory: str, chain: list[tuple[Path, str]]
+) -> PipelineSpec:
+    resolved, issues = _SubPipelineFiles().spec(spec, directory, chain)
+    if issues:
+        raise SpecError(issues)
+    total = _inlined_steps(resolved.steps, {})
+    if total > MAX_INLINED_STEPS:
+        raise SpecError(
+            [
+                SpecIssue(
+                    f"with its sub-pipeline files inlined the pipeline has {total:,} steps, "
+                    f"over {MAX_INLINED_STEPS:,}: do files name the same file many times?"
+                )
+            ]
+        )
+    return resolved
+
+
+def _inlined_steps(steps: list[Step], seen: dict[int, int]) -> int:
+    """Steps once every sub-pipeline is inlined; each spec counted once (`seen`), however
+    often it is named, so this stays quick however many copies there are."""
+    total = 0
+    for step in steps:
+        total += 1
+        if isinstance(step, LoopStep):
+            total += _inlined_steps(step.steps, seen)
+        elif isinstance(step, PipelineStep):
+            child = step.pipeline
+            if isinstance(child, PipelineSpec):
+                if id(child) not in seen:
+                    seen[id(child)] = _inlined_steps(child.steps, seen)
+                total += seen[id(child)]
+            total += _inlined_steps(step.steps or [], seen)
+    return total
+
+
+def _identity(path: str) -> Path:
+    """What makes two names of a file the same file (for cycles)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not a file anyway
+        return Path(os.path.abspath(path))
+
+
+class _SubPipelineFiles:
+    """Reads the sub-pipeline files of one spec, each file once however often it is named."""
+
+    def __init__(self) -> None:
+        self.read: dict[Path, tuple[PipelineSpec | None, list[str]]] = {}
+
+    def spec(
+        self, spec: PipelineSpec, directory: str, chain: list[tuple[Path, str]], prefix: str = ""
+    ) -> tuple[PipelineSpec, list[SpecIssue]]:
+        steps, issues = self.steps(spec.steps, directory, chain, prefix)
+        return (spec if steps is None else spec.model_copy(update={"steps": steps})), issues
+
+    def steps(
+        self, steps: list[Step], directory: str, chain: list[tuple[Path, str]], prefix: str
+    ) -> tuple[list[Step] | None, list[SpecIssue]]:
+        """The steps with their files read (None: nothing to read), and what went wrong."""
+        issues: list[SpecIssue] = []
+        changed = False
+        result: list[Step] = []
+        for step in steps:
+            path = f"{prefix}{step.id}"
+            update: dict[str, Any] = {}
+            if isinstance(step, LoopStep):
+                body, found = self.steps(step.steps, directory, chain, f"{path}.")
+                issues.extend(found)
+                if body is not None:
+                    update["steps"] = body
+            elif isinstance(step, PipelineStep):
+                if isinstance(step.pipeline, str):
+                    child, messages = self.file(step.pipeline, directory, chain)
+                    issues.extend(SpecIssue(m, path, "pipeline") for m in messages)
+                    if child is not None:
+                        update["pipeline"] = child
+                elif isinstance(step.pipeline, PipelineSpec):
+                    child_spec, found = self.spec(step.pipeline, directory, chain, f"{path}.")
+                    issues.extend(found)
+                    if child_spec is not step.pipeline:
+                        update["pipeline"] = child_spec
+                if step.steps is not None:
+                    inner, found = self.steps(step.steps, directory, chain, f"{path}.")
+                    issues.extend(found)
+                    if inner is not None:
+                        update["steps"] = inner
+            if update:
+                changed = True
+                step = step.model_copy(update=update)
+            result.append(step)
+        return (result if changed else None), issues
+
+    def file(
+        self, name: str, directory: str, chain: list[tuple[Path, str]]
+    ) -> tuple[PipelineSpec | None, list[str]]:
+        """The spec in file `name` (relative to `directory`), its own files read; else why not.
+
+        The messages start with the file's path as this process would open it.
+        """
+        opened = os.path.join(directory, name)
+        shown = os.path.normpath(opened) if opened else name
+        identity = _identity(opened)
+        on_chain = [known for known, _ in chain]
+        if identity in on_chain:
+            names = [s for _, s in chain[on_chain.index(identity) :]]
+            cycle = " -> ".join([*names, shown])
+            return None, [f"a cycle of pipeline files: {cycle}"]
+        if identity in self.read:
+            return self.read[identity]
+        found = self._read(opened, shown, [*chain, (identity, shown)])
+        self.read[identity] = found
+        return found
+
+    def _read(
+        self, opened: str, shown: str, chain: list[tuple[Path, str]]
+    ) -> tuple[PipelineSpec | None, list[str]]:
+        try:
+            raw = read_yaml_file(Path(opened))
+        except FileNotFoundError:
+            return None, [f"{shown}: no such file"]
+        except OSError as err:
+            return None, [f"{shown}: cannot read: {err.strerror or err}"]
+        except YamlProblem as err:
+            return None, [f"{shown} {err}"]
+        try:
+            spec = parse_spec(raw)
+        except SpecError as err:
+            return None, [f"{shown}: {issue}" for issue in err.issues]
+        resolved, issues = self.spec(spec, os.path.dirname(opened), chain)
+        if issues:
+            return None, [f"{shown}: {issue}" for issue in issues]
+        return resolved, []
 
 
 def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
-    """Unknown tools and literal arguments that fail the tool's schema."""
+    """Unknown tools and literal arguments that fail the tool's schema, nested steps too."""
     load_tool_modules(get_settings().tool_modules)
     issues = []
     known = [t.name for t in all_tools()]
-    for step in spec.steps:
+    for path, step in all_steps(spec.steps):
         if isinstance(step, AgentStep):
-            issues.extend(_agent_issues(step, known))
+            issues.extend(_agent_issues(path, step, known))
             continue
         if not isinstance(step, ToolStep):
-            continue  # approval and input steps call no tool
+            continue  # approval, input, loop and pipeline steps call no tool themselves
         definition = get_tool(step.tool)
         if definition is None:
-            hint = did_you_mean(step.tool, [t.name for t in all_tools()])
+            hint = did_you_mean(step.tool, known)
             issues.append(
                 SpecIssue(
                     f"unknown tool {step.tool!r}{hint}; `stepflow tools` lists them, "
                     "STEPFLOW_TOOL_MODULES adds yours",
-                    step.id,
+                    path,
                     "tool",
                 )
             )
             continue
         for field, message in definition.check_static_args(step.args):
-            issues.append(SpecIssue(message, step.id, f"args.{field}"))
+            issues.append(SpecIssue(message, path, f"args.{field}"))
     return issues
 
 
-def _agent_issues(step: AgentStep, known: list[str]) -> list[SpecIssue]:
+def _agent_issues(path: str, step: AgentStep, known: list[str]) -> list[SpecIssue]:
     """Unknown tools in an agent step's list, and an output schema the worker could not use."""
     issues = []
     for index, name in enumerate(step.tools):
         if get_tool(name) is None:
             hint = did_you_mean(name, known)
-            issues.append(SpecIssue(f"unknown tool {name!r}{hint}", step.id, f"tools[{index}]"))
+            issues.append(SpecIssue(f"unknown tool {name!r}{hint}", path, f"tools[{index}]"))
     if step.output_schema is not None:
         try:
             resolve_output_schema(step.output_schema)
         except (OutputSchemaError, UnsafeSchema) as err:
-            issues.append(SpecIssue(str(err), step.id, "output_schema"))
+            issues.append(SpecIssue(str(err), path, "output_schema"))
     return issues
 
 
 def template_issues(spec: PipelineSpec) -> list[SpecIssue]:
     """Half-written templates (`{{ steps.a.output }`), which would otherwise pass as plain text."""
-    issues = []
-    for step in spec.steps:
-        for field, value in templated_fields(step):
-            for near in stray_braces(value):
-                issues.append(
-                    SpecIssue(
-                        f"an unclosed template near {near!r}: write {{{{ ... }}}}", step.id, field
-                    )
-                )
-    return issues
+    fields: list[tuple[str | None, str, Any]] = [
+        (None, f"outputs.{name}", value) for name, value in (spec.outputs or {}).items()
+    ]
+    for path, step in all_steps(spec.steps):
+        fields.extend((path, field, value) for field, value in templated_fields(step))
+        if isinstance(step, PipelineStep) and isinstance(step.pipeline, PipelineSpec):
+            outputs = step.pipeline.outputs or {}
+            fields.extend((path, f"pipeline.outputs.{n}", v) for n, v in outputs.items())
+    return [
+        SpecIssue(f"an unclosed template near {near!r}: write {{{{ ... }}}}", path, field)
+        for path, field, value in fields
+        for near in stray_braces(value)
+    ]
 
 
 MAX_ID_LENGTH = 200
 """Step ids and pipeline names become parts of workflow ids (`<name>-<hex>/<step>`), which
 Temporal bounds at 1,000 bytes: 200 leaves room for nesting."""
+
+MAX_WORKFLOW_ID_BYTES = 1000
+"""Temporal's default bound on a workflow id; a nested step's is `<run id>/<loop>/<n>/<step>`."""
+
+NESTING_ID_BYTES = 10
+"""What a level of nesting adds to a workflow id besides the step's id (`/`, `/12`, `[345]`)."""
+
+
+def _scoped_steps(
+    steps: list[Step], defaults: StepDefaults, prefix: str = ""
+) -> Iterator[tuple[str, Step, StepDefaults]]:
+    """Every step with its path and the defaults it runs with: a loop's body and inline
+    `steps:` run with their run's, a sub-pipeline spec with its own."""
+    for step in steps:
+        path = f"{prefix}{step.id}"
+        yield path, step, defaults
+        if isinstance(step, LoopStep):
+            yield from _scoped_steps(step.steps, defaults, f"{path}.")
+        elif isinstance(step, PipelineStep):
+            if isinstance(step.pipeline, PipelineSpec):
+                yield from _scoped_steps(step.pipeline.steps, step.pipeline.defaults, f"{path}.")
+            elif step.steps is not None:
+                yield from _scoped_steps(step.steps, defaults, f"{path}.")
+
+
+def _input_default_issues(
+    spec: PipelineSpec, step: str | None = None, field: str = "inputs"
+) -> list[SpecIssue]:
+    issues = []
+    for name, decl in spec.inputs.items():
+        if not decl.required and decl.default is not None:
+            problem = input_type_problem(decl.type, decl.default)
+            if problem:
+                issues.append(SpecIssue(f"default: {problem}", step, f"{field}.{name}"))
+    return issues
 
 
 def limit_issues(spec: PipelineSpec) -> list[SpecIssue]:
@@ -167,24 +394,34 @@ def limit_issues(spec: PipelineSpec) -> list[SpecIssue]:
     issues = []
     if len(spec.name) > MAX_ID_LENGTH:
         issues.append(SpecIssue(f"longer than {MAX_ID_LENGTH} characters", field="name"))
-    for name, decl in spec.inputs.items():
-        if not decl.required and decl.default is not None:
-            problem = input_type_problem(decl.type, decl.default)
-            if problem:
-                issues.append(SpecIssue(f"default: {problem}", field=f"inputs.{name}"))
-    for step in spec.steps:
+    issues.extend(_input_default_issues(spec))
+    run_id_bytes = len(spec.name.encode()) + 9  # `<name>-<8 hex digits>`
+    for path, step, defaults in _scoped_steps(spec.steps, spec.defaults):
         if len(step.id) > MAX_ID_LENGTH:
-            issues.append(
-                SpecIssue(f"longer than {MAX_ID_LENGTH} characters", step.id[:40] + "...", "id")
-            )
+            shown = path if len(path) <= 60 else "..." + path[-40:]
+            issues.append(SpecIssue(f"longer than {MAX_ID_LENGTH} characters", shown, "id"))
             continue
+        levels = path.split(".")
+        if len(levels) > 1:
+            id_bytes = run_id_bytes + sum(len(p.encode()) + NESTING_ID_BYTES for p in levels)
+            if id_bytes > MAX_WORKFLOW_ID_BYTES:
+                issues.append(
+                    SpecIssue(
+                        f"nested too deep: its workflow id would pass Temporal's "
+                        f"{MAX_WORKFLOW_ID_BYTES:,}-byte limit (use shorter step ids)",
+                        path,
+                        "id",
+                    )
+                )
+        if isinstance(step, PipelineStep) and isinstance(step.pipeline, PipelineSpec):
+            issues.extend(_input_default_issues(step.pipeline, path, "pipeline.inputs"))
         retries: list[tuple[str, RetrySpec]] = []
         if isinstance(step, ToolStep):
-            retries = [("retry", effective_retry(step, spec.defaults))]
+            retries = [("retry", effective_retry(step, defaults))]
         elif isinstance(step, AgentStep):
             retries = [
-                ("model_retry", model_call_retry(step, spec.defaults)),
-                ("tool_retry", tool_call_retry(step, spec.defaults)),
+                ("model_retry", model_call_retry(step, defaults)),
+                ("tool_retry", tool_call_retry(step, defaults)),
             ]
         for field, retry in retries:
             initial = retry.initial_interval or BUILTIN_RETRY.initial_interval
@@ -193,7 +430,7 @@ def limit_issues(spec: PipelineSpec) -> list[SpecIssue]:
                     SpecIssue(
                         f"max_interval ({format_duration(retry.max_interval)}) is shorter than "
                         f"initial_interval ({format_duration(initial)})",
-                        step.id,
+                        path,
                         field,
                     )
                 )
@@ -209,21 +446,21 @@ def model_warnings(spec: PipelineSpec) -> list[str]:
         os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
     )
     warnings = []
-    for step in spec.steps:
+    for path, step in all_steps(spec.steps):
         if not isinstance(step, AgentStep) or step.model is None or step.model in known:
             continue
         hint = did_you_mean(step.model, sorted(known))
         if settings.models:
             warnings.append(
-                f"step {step.id!r}: model {step.model!r} is not in STEPFLOW_MODELS{hint}; "
+                f"step {path!r}: model {step.model!r} is not in STEPFLOW_MODELS{hint}; "
                 "it goes to the default endpoint under that name"
             )
         elif not configured:
             warnings.append(
-                f"step {step.id!r}: model {step.model!r}: no model is configured here "
+                f"step {path!r}: model {step.model!r}: no model is configured here "
                 "(OPENAI_API_KEY, OPENAI_BASE_URL, STEPFLOW_MODELS): it will answer offline"
             )
-    return warnings
+    return list(dict.fromkeys(warnings))
 
 
 def check_spec(spec: PipelineSpec) -> None:

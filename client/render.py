@@ -19,6 +19,7 @@ from stepflow.workflows.models import (
     StepRecord,
     StepStatus,
 )
+from stepflow.workflows.run_view import progress
 
 STATUS_STYLE = {
     StepStatus.PENDING: "dim",
@@ -52,11 +53,15 @@ def preview(value: Any, width: int = 60) -> str:
 
 
 def status_text(record: StepRecord) -> str:
-    """The status with what qualifies it: `RETRYING (attempt 3)`, `WAITING for approval`."""
+    """The status with what qualifies it: `RETRYING (attempt 3)`, `WAITING for approval`,
+    a for_each step's `RUNNING (7/12 done, 1 failed)`, a loop's `RUNNING (iteration 2/3)`."""
     if record.status is StepStatus.RETRYING:
         return f"RETRYING (attempt {record.attempts})"
     if record.status is StepStatus.WAITING and record.waiting_for:
         return f"WAITING for {record.waiting_for}"
+    done = progress(record)
+    if done and record.status is not StepStatus.PENDING:
+        return f"{record.status.value} ({done})"
     return record.status.value
 
 
@@ -70,7 +75,8 @@ def elapsed(record: StepRecord, now: datetime | None) -> timedelta | None:
 
 def _detail(record: StepRecord) -> Text:
     if record.used_fallback:
-        return Text(f"fallback {preview(record.output, 30)} ({record.error})", style="yellow")
+        text = Text(f"fallback {preview(record.output, 30)} ({record.error})", style="yellow")
+        return _with_child(text, record)
     if record.status is StepStatus.WAITING:
         return Text(
             preview(record.message or f"waiting for {record.waiting_for}", 90), style="magenta"
@@ -83,6 +89,13 @@ def _detail(record: StepRecord) -> Text:
         text = Text(record.reason or "", style="dim")
     if record.comment and record.comment not in text.plain:
         text.append(f" ({record.comment})", style="dim")
+    return _with_child(text, record)
+
+
+def _with_child(text: Text, record: StepRecord) -> Text:
+    """A loop's (current) iteration or a sub-pipeline is a run: `stepflow status <child>`."""
+    if record.child:
+        text.append(f"{' ' if text.plain else ''}child {record.child}", style="dim")
     return text
 
 
@@ -164,8 +177,27 @@ def summary_line(result: PipelineResult) -> str:
     return f"pipeline {result.pipeline} FAILED after {took} ({parts}): {result.error}"
 
 
+OUTPUT_SHOWN_CHARS = 4000
+"""A pipeline output longer than this is cut in the table `run` prints (`--json` has it all)."""
+
+
+def outputs_text(outputs: dict[str, Any]) -> Text:
+    """A pipeline's declared `outputs`, one per line: text as it is, anything else as JSON."""
+    text = Text("outputs", style="bold")
+    for name, value in outputs.items():
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if len(shown) > OUTPUT_SHOWN_CHARS:
+            more = len(shown) - OUTPUT_SHOWN_CHARS
+            shown = f"{shown[:OUTPUT_SHOWN_CHARS]}… ({more:,} more characters; --json shows all)"
+        text.append(f"\n  {name}: ", style="bold")
+        text.append(shown.replace("\n", "\n    "))
+    return text
+
+
 def print_result(console: Console, result: PipelineResult) -> None:
     console.print(steps_table(result.pipeline, result.steps))
+    if result.outputs:
+        console.print(outputs_text(result.outputs))
     usage = usage_line(result)
     if usage:
         console.print(Text(usage, style="dim"))

@@ -65,6 +65,8 @@ class RunSummary:
     """Temporal's own status: RUNNING, COMPLETED, FAILED, CANCELED, TERMINATED, TIMED_OUT."""
     start_time: datetime | None = None
     close_time: datetime | None = None
+    rerun_of: str | None = None
+    """A rerun: the workflow id of the run it reran."""
 
     @property
     def closed(self) -> bool:
@@ -103,6 +105,7 @@ async def run_summary(execution: WorkflowExecution) -> RunSummary:
         execution_status=execution_status.name,
         start_time=_chain_start(memo) or execution.start_time,
         close_time=execution.close_time,
+        rerun_of=memo.get("rerun_of") if isinstance(memo.get("rerun_of"), str) else None,
     )
 
 
@@ -121,19 +124,30 @@ def _chain_start(memo: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def stepflow_attributes(pipeline: str) -> TypedSearchAttributes:
+def stepflow_attributes(pipeline: str, rerun_of: str | None = None) -> TypedSearchAttributes:
     """The search attributes a run starts with; the workflow keeps `StepflowStatus` current."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(control.PIPELINE_ATTRIBUTE, pipeline),
-            SearchAttributePair(control.STATUS_ATTRIBUTE, RunStatus.RUNNING.value),
-        ]
-    )
+    pairs: list[SearchAttributePair[str]] = [
+        SearchAttributePair(control.PIPELINE_ATTRIBUTE, pipeline),
+        SearchAttributePair(control.STATUS_ATTRIBUTE, RunStatus.RUNNING.value),
+    ]
+    if rerun_of is not None:
+        pairs.append(SearchAttributePair(control.RERUN_ATTRIBUTE, rerun_of))
+    return TypedSearchAttributes(pairs)
+
+
+def reruns_query(workflow_id: str) -> str:
+    """The visibility query for the reruns of a run."""
+    quoted = workflow_id.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{control.RERUN_ATTRIBUTE.name} = '{quoted}' AND ExecutionStatus != 'ContinuedAsNew'"
 
 
 def attributes_unregistered(err: RPCError) -> bool:
     """The namespace lacks Stepflow's search attributes (a server we did not start)."""
-    names = (control.PIPELINE_ATTRIBUTE.name, control.STATUS_ATTRIBUTE.name)
+    names = (
+        control.PIPELINE_ATTRIBUTE.name,
+        control.STATUS_ATTRIBUTE.name,
+        control.RERUN_ATTRIBUTE.name,
+    )
     return err.status == RPCStatusCode.INVALID_ARGUMENT and any(n in err.message for n in names)
 
 

@@ -93,7 +93,9 @@ class ChangeLines:
         width = max(len(r.id) for r in state.steps)
         for record in state.steps:
             text = status_text(record)
-            if self.seen.get(record.id, StepStatus.PENDING.value) != text:
+            # A loop's next iteration is a new child run: worth a line of its own.
+            key = f"{text} {record.child}" if record.child else text
+            if self.seen.get(record.id, StepStatus.PENDING.value) != key:
                 when = record.ended_at or (
                     record.started_at if record.status is StepStatus.RUNNING else None
                 )
@@ -104,8 +106,10 @@ class ChangeLines:
                     line.append(f": {preview(record.message, 90)}")
                 elif record.error and record.status is not StepStatus.SUCCEEDED:
                     line.append(f": {record.error}", style="dim")
+                if record.child and record.status in (StepStatus.RUNNING, StepStatus.RETRYING):
+                    line.append(f"  child {record.child}", style="dim")
                 self.console.print(line)
-            self.seen[record.id] = text
+            self.seen[record.id] = key
         run = seen.summary.status if seen.summary.closed else state.status.value
         if self.seen.get("\0run", RunStatus.RUNNING.value) != run:
             took = format_elapsed(state.as_of - state.started_at)

@@ -33,7 +33,11 @@ from stepflow.runtime.settings import Settings, get_settings
 GRPC_PORT = 7233
 UI_PORT = 8233
 
-SEARCH_ATTRIBUTES = {"StepflowPipeline": "Keyword", "StepflowStatus": "Keyword"}
+SEARCH_ATTRIBUTES = {
+    "StepflowPipeline": "Keyword",
+    "StepflowStatus": "Keyword",
+    "StepflowRerunOf": "Keyword",
+}
 """Stepflow's custom search attributes, registered on the dev server at start."""
 
 TUNED_DYNAMIC_CONFIG = {

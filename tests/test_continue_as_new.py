@@ -425,3 +425,20 @@ async def test_updates_sent_all_through_a_chain_of_runs_are_each_answered_once(
     ids = [update_id for per_run in accepted for update_id in per_run]
     assert len(ids) == len(set(ids)) == len(answers)
     assert sum(1 for per_run in accepted if per_run) >= 2, [len(a) for a in accepted]
+
+
+async def test_a_rerun_of_a_chain_takes_over_every_run_s_steps_and_continues_as_new_too(
+    worker: None, stepflow: StepflowClient, temporal_client: Client, journal: str
+) -> None:
+    length = 40
+    old = await stepflow.start_pipeline(pipeline(*chain(length, journal)))
+    first = await stepflow.get_result(old.workflow_id)
+    assert len(await run_chain(temporal_client, old.workflow_id)) >= 2
+
+    rerun = await stepflow.rerun(old.workflow_id, "c30")
+    result = await stepflow.get_result(rerun.workflow_id)
+
+    assert result.status is PipelineStatus.SUCCEEDED, result.error
+    assert [r.status for r in result.steps[:30]] == [StepStatus.REUSED] * 30
+    assert [r.output for r in result.steps] == [r.output for r in first.steps]
+    assert starts_by_step(journal) == {f"c{i}": 1 if i < 30 else 2 for i in range(length)}

@@ -316,3 +316,22 @@ async def test_the_local_store_follows_no_path_from_a_reference_and_checks_what_
     path.write_bytes(path.read_bytes() + b"!")
     with pytest.raises(PayloadStoreError, match="damaged"):
         await driver.retrieve(StorageDriverRetrieveContext(), [claim])
+
+
+async def test_a_rerun_takes_over_a_10_mb_output_from_the_payload_store(
+    store_worker: StoreWorker, tmp_path: Path, journal: str
+) -> None:
+    spec = pipeline(
+        step("big", "big_text", args={"journal": journal, "size": 10_000_000}),
+        step("check", "measure", args={"text": "{{ steps.big.output }}"}, depends_on=["big"]),
+    )
+    async with store_worker() as stepflow:
+        old = await stepflow.start_pipeline(spec)
+        first = await stepflow.get_result(old.workflow_id)
+        run = await stepflow.rerun(old.workflow_id, "check")
+        result = await stepflow.get_result(run.workflow_id)
+
+    assert result.status is PipelineStatus.SUCCEEDED, result.error
+    assert result.step("big").status is StepStatus.REUSED
+    assert result.step("check").output == first.step("check").output
+    assert len(journal_read(journal)) == 1  # the 10 MB tool ran once

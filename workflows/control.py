@@ -38,6 +38,8 @@ INPUT = "input"
 STEP_PROGRESS = "step_progress"
 
 PIPELINE_ATTRIBUTE = SearchAttributeKey.for_keyword("StepflowPipeline")
+RERUN_ATTRIBUTE = SearchAttributeKey.for_keyword("StepflowRerunOf")
+"""Set on a rerun: the workflow id of the run it reruns, so that run can list its reruns."""
 """The pipeline's name; set when the run starts."""
 STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("StepflowStatus")
 """A `RunStatus` value, kept current by the workflow."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from stepflow.workflows.records import WITH_OUTPUT as WITH_OUTPUT
 from stepflow.workflows.records import ChatMessage as ChatMessage
 from stepflow.workflows.records import StepRecord as StepRecord
 from stepflow.workflows.records import StepStatus as StepStatus
@@ -97,6 +98,32 @@ PipelineCarry = RunState
 """The name continue-as-new's state had before `RunState`; the JSON is the same."""
 
 
+class Reuse(BaseModel):
+    """A rerun: the steps it takes over from an earlier run instead of running them again."""
+
+    source: str = Field(description="The workflow id of the run whose outputs are reused.")
+    records: list[StepRecord] = Field(
+        default_factory=list, description="The steps taken over, as they ended there."
+    )
+    inside: dict[str, NestedReuse] = Field(
+        default_factory=dict,
+        description="Loop and pipeline steps rerun from a step inside them: what their child "
+        "run takes over.",
+    )
+
+
+class NestedReuse(BaseModel):
+    """What a loop or pipeline step rerun from a step inside it takes over."""
+
+    iteration: int | None = Field(
+        default=None, description="A loop: the iteration it starts at (earlier ones stand)."
+    )
+    previous: dict[str, Any] | None = Field(
+        default=None, description="A loop: `loop.previous` for that iteration."
+    )
+    reuse: Reuse = Field(description="What that iteration's or the sub-pipeline's run reuses.")
+
+
 class RunScope(BaseModel):
     """What a child pipeline run (a loop iteration, a for_each batch) sees of its parent.
 
@@ -119,6 +146,9 @@ class RunScope(BaseModel):
     offset: int = Field(default=0, description="The index of the batch's first item.")
 
 
+Reuse.model_rebuild()
+
+
 class PipelineInput(BaseModel):
     """What a pipeline run starts with: the spec itself and the values of its inputs."""
 
@@ -138,6 +168,9 @@ class PipelineInput(BaseModel):
     scope: RunScope | None = Field(
         default=None, description="Set when a pipeline run starts this one as a child."
     )
+    reuse: Reuse | None = Field(
+        default=None, description="A rerun: the steps it takes over from the run it reruns."
+    )
 
 
 class PipelineResult(BaseModel):
@@ -154,6 +187,9 @@ class PipelineResult(BaseModel):
     )
     outputs: dict[str, Any] | None = Field(
         default=None, description="The pipeline's declared `outputs`, rendered at its end."
+    )
+    rerun_of: str | None = Field(
+        default=None, description="A rerun: the workflow id of the run it reran."
     )
 
     def step(self, step_id: str) -> StepRecord:

@@ -39,6 +39,7 @@ from stepflow.workflows.errors import (
 )
 from stepflow.workflows.handover import Handover
 from stepflow.workflows.models import (
+    WITH_OUTPUT,
     AgentStep,
     Fallback,
     PipelineResult,
@@ -86,6 +87,23 @@ else:
     PipelineInput = CheckedPipelineInput
 
 
+def reused(input: PipelineInput) -> list[StepRecord]:
+    """A rerun's first run: the records of the steps it takes over, marked REUSED."""
+    if input.reuse is None or input.carried is not None:
+        return []
+    return [
+        StepRecord(
+            id=r.id,
+            kind=r.kind,
+            status=StepStatus.REUSED,
+            output=r.output,
+            model=r.model,
+            reused_from=r.reused_from or input.reuse.source,
+        )
+        for r in input.reuse.records
+    ]
+
+
 @workflow.defn(name=PIPELINE_WORKFLOW, failure_exception_types=[InvalidWorkflowInput])
 class PipelineWorkflow:
     """One run of a pipeline. Input `PipelineInput`, result `PipelineResult`.
@@ -110,9 +128,10 @@ class PipelineWorkflow:
         self.spec = spec
         self.steps: dict[str, AnyStep] = {s.id: s for s in spec.steps}
         self.state = RunState.begin(
-            ((s.id, s.kind) for s in spec.steps), input.carried, workflow.now()
+            ((s.id, s.kind) for s in spec.steps), input.carried, workflow.now(), reused(input)
         )
         self._scope = input.scope
+        self._rerun_of = input.reuse.source if input.reuse else None
         self._scheduler = DagScheduler(
             [
                 # A child run's steps may also depend on its parent's: those have settled.
@@ -125,7 +144,11 @@ class PipelineWorkflow:
                 for s in spec.steps
             ],
             spec.max_concurrency,
-            {r.id: r.status for r in self.state.records},
+            # A step a rerun took over counts as succeeded for its dependents.
+            {
+                r.id: StepStatus.SUCCEEDED if r.status is StepStatus.REUSED else r.status
+                for r in self.state.records
+            },
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         """The running steps."""
@@ -178,6 +201,7 @@ class PipelineWorkflow:
             outside=dict(self._scope.outputs) if self._scope else {},
             outside_skipped=frozenset(self._scope.skipped) if self._scope else frozenset(),
             loop=self._scope.loop if self._scope else None,
+            reuse_inside=dict(input.reuse.inside) if input.reuse else {},
         )
         try:
             self._resume_waiting(ctx)
@@ -471,12 +495,13 @@ class PipelineWorkflow:
             started_at=self.state.started_at,
             ended_at=workflow.now(),
             outputs=outputs,
+            rerun_of=self._rerun_of,
         )
 
     def _outputs(self, ctx: StepContext) -> dict[str, object]:
         """The pipeline's declared `outputs`, over every step (one that did not succeed: null)."""
         records = self.state.records
-        nulls = frozenset(r.id for r in records if r.status is not StepStatus.SUCCEEDED)
+        nulls = frozenset(r.id for r in records if r.status not in WITH_OUTPUT)
         rendered = render(
             self.spec.outputs,
             ctx.inputs,

@@ -27,6 +27,13 @@ class StepStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     SKIPPED = "SKIPPED"
     CANCELLED = "CANCELLED"
+    REUSED = "REUSED"
+    """A rerun took the step's output from the run it reruns (`reused_from`)."""
+
+
+WITH_OUTPUT = frozenset({StepStatus.SUCCEEDED, StepStatus.REUSED})
+"""Statuses of a step whose output its dependents read: it succeeded, here or in the run a
+rerun took it from."""
 
 
 class TokenUsage(BaseModel):
@@ -91,6 +98,9 @@ class StepRecord(BaseModel):
     max_iterations: int | None = Field(default=None, description="Loop steps: the limit.")
     child: str | None = Field(
         default=None, description="Loop and pipeline steps: the workflow id of the child run."
+    )
+    reused_from: str | None = Field(
+        default=None, description="REUSED steps: the workflow id of the run the output is from."
     )
 
     @property

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr, field_serializer
 
-from stepflow.workflows.records import ChatMessage, StepRecord, StepStatus, TokenUsage
+from stepflow.workflows.records import WITH_OUTPUT, ChatMessage, StepRecord, StepStatus, TokenUsage
 
 if TYPE_CHECKING:
     from stepflow.workflows.control import StepProgress
@@ -52,7 +52,7 @@ class RunState(BaseModel):
 
     def model_post_init(self, context: Any, /) -> None:
         self._index = {r.id: r for r in self.records}
-        self._succeeded = {r.id: None for r in self.records if r.status is StepStatus.SUCCEEDED}
+        self._succeeded = {r.id: None for r in self.records if r.status in WITH_OUTPUT}
 
     @field_serializer("records")
     def _compact(self, records: list[StepRecord]) -> list[dict[str, Any]]:
@@ -66,10 +66,18 @@ class RunState(BaseModel):
 
     @classmethod
     def begin(
-        cls, steps: Iterable[tuple[str, str]], carried: RunState | None, now: datetime
+        cls,
+        steps: Iterable[tuple[str, str]],
+        carried: RunState | None,
+        now: datetime,
+        reused: Iterable[StepRecord] = (),
     ) -> RunState:
-        """The state of a run of `steps` (id, kind): fresh, or taking over `carried`."""
-        taken = {r.id: r for r in carried.records} if carried else {}
+        """The state of a run of `steps` (id, kind): fresh, or taking over `carried`.
+
+        Args:
+            reused: A rerun's first run: records of steps taken over from the run it reruns.
+        """
+        taken = {r.id: r for r in carried.records} if carried else {r.id: r for r in reused}
         records = [taken.get(sid) or StepRecord(id=sid, kind=kind) for sid, kind in steps]
         if carried is None:
             return cls(started_at=now, records=records, runs=0)
@@ -100,7 +108,7 @@ class RunState(BaseModel):
 
     def succeeded(self, step_id: str) -> bool:
         record = self._index.get(step_id)
-        return record is not None and record.status is StepStatus.SUCCEEDED
+        return record is not None and record.status in WITH_OUTPUT
 
     def succeed(self, record: StepRecord, output: Any) -> None:
         """`record` succeeded with `output` (its own, or its fallback)."""

@@ -50,14 +50,29 @@ def elapsed(record: StepRecord, now: datetime) -> timedelta | None:
     return (record.ended_at or now) - record.started_at
 
 
+def progress(record: StepRecord) -> str | None:
+    """How far a for_each step (`7/12 done, 1 failed`) or a loop (`iteration 2/3`) has got."""
+    if record.items is not None:
+        text = f"{record.items_done or 0}/{record.items} done"
+        return f"{text}, {record.items_failed} failed" if record.items_failed else text
+    if record.iteration is not None:
+        limit = f"/{record.max_iterations}" if record.max_iterations else ""
+        return f"iteration {record.iteration}{limit}"
+    return None
+
+
 def step_state(record: StepRecord) -> str:
-    """The status with what qualifies it: `RETRYING (attempt 3)`, `WAITING for approval`."""
+    """The status with what qualifies it: `RETRYING (attempt 3)`, `WAITING for approval`,
+    `RUNNING (7/12 done, 1 failed)`, `RUNNING (iteration 2/3)`."""
     if record.status is StepStatus.RETRYING:
         return f"RETRYING (attempt {record.attempts})"
     if record.status is StepStatus.WAITING and record.waiting_for:
         return f"WAITING for {record.waiting_for}"
     if record.status is StepStatus.RUNNING and record.model_call:
         return f"RUNNING (model call {record.model_call}/{record.max_model_calls})"
+    done = progress(record)
+    if done and record.status is not StepStatus.PENDING:
+        return f"{record.status.value} ({done})"
     return record.status.value
 
 
@@ -86,11 +101,16 @@ def details_markdown(
     lines = [heading, "", "| step | status | attempts | time |", "|---|---|---|---|"]
     for record in shown:
         attempts = str(record.attempts) if record.attempts else ""
-        lines.append(
-            f"| {record.id} | {step_state(record)} | {attempts} | "
-            f"{_seconds(elapsed(record, now))} |"
-        )
+        state = step_state(record)
+        if record.child:  # `stepflow status <child>` shows it step by step
+            state += f" · child `{_cell(record.child)}`"
+        lines.append(f"| {record.id} | {state} | {attempts} | {_seconds(elapsed(record, now))} |")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text that cannot end its table cell or code span early."""
+    return text.replace("|", "\\|").replace("`", "'")
 
 
 STATUS_OUTPUT_MAX_BYTES = 64 * 1024

@@ -45,7 +45,8 @@ class SpecIssue:
     def __str__(self) -> str:
         where = []
         if self.step is not None:
-            step = self.step if len(self.step) <= 60 else self.step[:40] + "..."
+            # The end of a long path names the step at fault (`...sub.loop.write`).
+            step = self.step if len(self.step) <= 60 else "..." + self.step[-40:]
             where.append(f"step {step!r}")
         if self.field:
             where.append(self.field)

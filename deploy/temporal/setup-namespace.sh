@@ -10,7 +10,7 @@
 # TEMPORAL_NAMESPACE_RETENTION (a duration such as 720h).
 set -eu
 
-SEARCH_ATTRIBUTES="StepflowPipeline=Keyword StepflowStatus=Keyword"
+SEARCH_ATTRIBUTES="StepflowPipeline=Keyword StepflowStatus=Keyword StepflowRerunOf=Keyword"
 
 : "${TEMPORAL_ADDRESS:?the Temporal frontend, host:port}"
 namespace="${TEMPORAL_NAMESPACE:-default}"

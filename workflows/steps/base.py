@@ -15,10 +15,12 @@ from temporalio import workflow
 from stepflow.workflows.errors import ErrorType, StepFailure
 from stepflow.workflows.expressions import ExpressionError, is_true
 from stepflow.workflows.models import (
+    WITH_OUTPUT,
     AgentStep,
     ApprovalStep,
     InputStep,
     LoopStep,
+    NestedReuse,
     PipelineSpec,
     PipelineStep,
     StepRecord,
@@ -56,6 +58,8 @@ class StepContext:
     item: Any = None
     index: int | None = None
     """Inside one instance of a for_each step: its item and index (from 0)."""
+    reuse_inside: dict[str, NestedReuse] = field(default_factory=dict)
+    """A rerun from a step inside a loop or sub-pipeline: what its child run takes over."""
 
     def instance(self, item: Any, index: int) -> StepContext:
         """The context of a for_each step's instance number `index`."""
@@ -83,7 +87,7 @@ class StepContext:
         failed = {
             dep
             for dep in step.depends_on
-            if dep in records and records[dep].status is not StepStatus.SUCCEEDED
+            if dep in records and records[dep].status not in WITH_OUTPUT
         }
         return frozenset(failed) | self.outside_skipped
 
@@ -111,7 +115,9 @@ class StepContext:
             dep: {
                 "output": output,
                 "status": (
-                    records[dep].status.value
+                    StepStatus.SUCCEEDED.value
+                    if dep in records and records[dep].status is StepStatus.REUSED
+                    else records[dep].status.value
                     if dep in records
                     else ("SKIPPED" if dep in self.outside_skipped else "SUCCEEDED")
                 ),

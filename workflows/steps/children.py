@@ -16,9 +16,11 @@ from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflo
 
 from stepflow.workflows.errors import ErrorType, StepFailure, child_failure
 from stepflow.workflows.models import (
+    WITH_OUTPUT,
     PipelineInput,
     PipelineResult,
     PipelineSpec,
+    Reuse,
     RunScope,
     StepRecord,
     StepStatus,
@@ -43,6 +45,7 @@ async def run_child(
     workflow_id: str,
     summary: str,
     scope: RunScope | None = None,
+    reuse: Reuse | None = None,
 ) -> PipelineResult:
     """Run `spec` as a child pipeline and return its result; a failed child fails the step.
 
@@ -59,6 +62,7 @@ async def run_child(
                 routing=ctx.routing,
                 payload_store=ctx.payload_store,
                 scope=scope,
+                reuse=reuse,
             ),
             result_type=PipelineResult,
             id=workflow_id,
@@ -114,7 +118,7 @@ def outputs_of(result: PipelineResult, spec: PipelineSpec) -> Any:
     """What a child pipeline gives its step: its declared `outputs`, else its steps' by id."""
     if spec.outputs is not None:
         return result.outputs
-    return {r.id: r.output for r in result.steps if r.status is StepStatus.SUCCEEDED}
+    return {r.id: r.output for r in result.steps if r.status in WITH_OUTPUT}
 
 
 def scope_for(ctx: StepContext, depends_on: list[str], **fields: Any) -> RunScope:
@@ -125,7 +129,7 @@ def scope_for(ctx: StepContext, depends_on: list[str], **fields: Any) -> RunScop
     for dep in depends_on:
         if dep in records:
             outputs[dep] = records[dep].output
-            if records[dep].status is not StepStatus.SUCCEEDED:
+            if records[dep].status not in WITH_OUTPUT:
                 skipped.append(dep)
         else:
             outputs[dep] = ctx.outside.get(dep)

@@ -13,7 +13,13 @@ from temporalio import workflow
 
 from stepflow.workflows.errors import ErrorType, StepFailure
 from stepflow.workflows.expressions import ExpressionError, is_true
-from stepflow.workflows.models import LoopStep, PipelineResult, PipelineSpec, StepRecord
+from stepflow.workflows.models import (
+    WITH_OUTPUT,
+    LoopStep,
+    PipelineResult,
+    PipelineSpec,
+    StepRecord,
+)
 from stepflow.workflows.steps.base import StepContext
 from stepflow.workflows.steps.children import child_id, run_child, scope_for
 
@@ -30,18 +36,25 @@ def body_spec(ctx: StepContext, step: LoopStep) -> PipelineSpec:
     )
 
 
-def by_id(result: PipelineResult) -> dict[str, dict[str, Any]]:
+def by_id(records: list[StepRecord]) -> dict[str, dict[str, Any]]:
     """An iteration's steps as `loop.previous` and `until` read them: `ID.output`, `ID.status`."""
-    return {r.id: {"output": r.output, "status": r.status.value} for r in result.steps}
+    return {
+        # A step a rerun took over succeeded, as far as the loop is concerned.
+        r.id: {"output": r.output, "status": "SUCCEEDED" if r.status in WITH_OUTPUT else r.status}
+        for r in records
+    }
 
 
 class LoopRunner:
     async def run(self, ctx: StepContext, step: LoopStep, record: StepRecord, resume: bool) -> Any:
         record.max_iterations = step.max_iterations
         spec = body_spec(ctx, step)
-        previous: dict[str, dict[str, Any]] | None = None
+        # A rerun from a step inside the loop starts at the iteration it was in.
+        rerun = ctx.reuse_inside.get(step.id)
+        first = (rerun.iteration or 1) if rerun else 1
+        previous: dict[str, dict[str, Any]] | None = rerun.previous if rerun else None
         result: PipelineResult | None = None
-        for iteration in range(1, step.max_iterations + 1):
+        for iteration in range(first, step.max_iterations + 1):
             await workflow.wait_condition(lambda: not ctx.state.paused)
             record.iteration = iteration
             loop = {
@@ -57,8 +70,9 @@ class LoopRunner:
                 child_id(ctx.key(step), str(iteration)),
                 f"{ctx.key(step)} · iteration {iteration}/{step.max_iterations}",
                 scope_for(ctx, step.depends_on, loop=loop),
+                rerun.reuse if rerun and iteration == first else None,
             )
-            previous = by_id(result)
+            previous = by_id(result.steps)
             if step.until is not None and self._done(ctx, step, previous, loop):
                 return _outputs(result)
         if step.until is None or step.on_exhausted == "last":

@@ -44,7 +44,14 @@ class SubPipelineRunner:
             )
         inputs = ctx.render(step, step.inputs)
         key = ctx.key(step)
+        rerun = ctx.reuse_inside.get(step.id)  # a rerun from a step inside it
         result = await run_child(
-            ctx, record, spec, inputs, child_id(key), f"{key} · pipeline {spec.name}"
+            ctx,
+            record,
+            spec,
+            inputs,
+            child_id(key),
+            f"{key} · pipeline {spec.name}",
+            reuse=rerun.reuse if rerun else None,
         )
         return outputs_of(result, spec)
