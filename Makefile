@@ -18,13 +18,17 @@ $(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: start the dev server (Web UI on :8233) and a worker, run the two example pipelines
+## demo: start the dev server (Web UI on :8233) and a worker, run the three example pipelines
 # The examples' tools come from [tool.stepflow] in pyproject.toml, as for any command run here.
+# triage.yaml shows conditions, a join and a sub-pipeline (translate.yaml, a child run).
 demo: $(RUNTIME)
 	$(BIN)/stepflow dev start
 	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"
 	$(BIN)/stepflow run examples/code_task.yaml
-	@echo "Their files are in $${STEPFLOW_WORKSPACE:-.stepflow/workspace} (reports/, todo-app/)."
+	$(BIN)/stepflow run examples/triage.yaml
+	@echo "Their files are in $${STEPFLOW_WORKSPACE:-.stepflow/workspace} (reports/, todo-app/, tickets/)."
+	@echo "The other branch of the triage: $(BIN)/stepflow run examples/triage.yaml \\"
+	@echo "  --input message='How do retries with backoff work?' --input language=de"
 	@echo "The server keeps running so the links work; 'make stop' stops it."
 	@echo "A pipeline that waits for people (docs/guides/people-in-the-loop.md):"
 	@echo "  $(BIN)/stepflow run examples/release_notes.yaml --id notes-1 --no-wait"
@@ -64,8 +68,11 @@ pytest: $(STAMP)
 
 ## bench: the side-by-side measurements (not part of `make test`)
 bench: $(STAMP)
+	@test $(VENV)/.bench-stamp -nt pyproject.toml || \
+		{ $(BIN)/pip install --quiet -e '.[dev,bench]' && touch $(VENV)/.bench-stamp; }
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/context.py
+	$(BIN)/python bench/agents.py
 
 ## histories: record the workflow histories that tests/test_replay.py replays (add, never replace)
 histories: $(STAMP)

@@ -9,7 +9,8 @@ By default a worker serves every configured queue: the main one (workflows, and
 every activity sent there), the model queue and each tool queue, if routed
 (STEPFLOW_MODEL_TASK_QUEUE, STEPFLOW_TOOL_TASK_QUEUES). `--serve` (or
 STEPFLOW_WORKER_SERVE) picks some, so each kind scales on its own machines.
-Tools come from the built-ins and the modules named in STEPFLOW_TOOL_MODULES.
+Tools come from the built-ins and the modules named in STEPFLOW_TOOL_MODULES,
+and from the MCP servers of STEPFLOW_MCP_SERVERS (connected when first needed).
 SIGINT or SIGTERM stops polling, lets running activities finish (up to the
 graceful timeout), and exits.
 """
@@ -148,6 +149,8 @@ async def serve(settings: Settings) -> None:
             queues=[queue.describe(settings) for queue in queues],
             namespace=client.namespace,
             tools=[t.name for t in tools],
+            # Where each is, never its arguments, environment or headers (they may hold keys).
+            mcp_servers=[f"{n} ({c.describe()})" for n, c in settings.mcp_servers.items()],
             default_model=_describe_default_model(settings),
             payload_store=describe_store(settings),
             encryption=describe_encryption(settings),

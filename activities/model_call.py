@@ -30,6 +30,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from stepflow.activities import telemetry
+from stepflow.activities.conversation_store import ConversationStore
 from stepflow.activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
 from stepflow.activities.offline_model import offline_completion
 from stepflow.activities.output_schema import (
@@ -39,7 +40,13 @@ from stepflow.activities.output_schema import (
     schema_instructions,
 )
 from stepflow.activities.progress import ProgressReporter
-from stepflow.activities.registry import get_tool
+from stepflow.activities.registry import (
+    get_tool,
+    model_tool_name,
+    prepare_tools,
+    tool_from_model_name,
+)
+from stepflow.runtime.payload_storage import payload_dir
 from stepflow.runtime.settings import Settings, get_settings
 from stepflow.workflows.errors import ErrorType
 from stepflow.workflows.models import (
@@ -81,7 +88,7 @@ def tool_params(names: list[str]) -> list[dict[str, Any]]:
             {
                 "type": "function",
                 "function": {
-                    "name": defn.name,
+                    "name": model_tool_name(defn.name),  # `files.read`: no dots for the model
                     "description": defn.description,
                     "parameters": defn.json_schema(),
                 },
@@ -307,14 +314,14 @@ def _usage(usage: dict[str, Any]) -> TokenUsage:
 def check_tool_call(raw: dict[str, Any], allowed: list[str]) -> PlannedToolCall:
     """Whether a tool call may run; if not, the error the model gets as the call's result."""
     function = raw.get("function") or {}
-    name = str(function.get("name") or "")
+    name = tool_from_model_name(str(function.get("name") or ""), allowed)
     call = PlannedToolCall(id=str(raw.get("id") or ""), name=name)
     if raw.get("type", "function") != "function":
         call.error = f"tool calls of type {raw.get('type')!r} are not supported; call a function"
         return call
     defn = get_tool(name) if name in allowed else None
     if defn is None:
-        available = ", ".join(allowed) or "none"
+        available = ", ".join(model_tool_name(a) for a in allowed) or "none"
         call.error = f"tool {name!r} is not available to this step (available: {available})"
         return call
     try:
@@ -337,6 +344,28 @@ def check_tool_call(raw: dict[str, Any], allowed: list[str]) -> PlannedToolCall:
     return call
 
 
+BYTES_PER_TOKEN = 4
+"""About what a token of English text or JSON weighs: bounds a conversation by a context."""
+
+
+def _check_size(
+    call: ModelCallInput, conversation: list[ChatMessage], endpoint: ModelEndpoint
+) -> None:
+    """Fail the step, not the model call, when the conversation outgrew its bound."""
+    limit = call.max_conversation_bytes or (
+        endpoint.context_tokens * BYTES_PER_TOKEN if endpoint.context_tokens else None
+    )
+    if limit is None:
+        return  # the model's own refusal says so (a request error: not retried)
+    size = len(json.dumps(conversation, ensure_ascii=False).encode())
+    if size > limit:
+        raise ErrorType.CONVERSATION_TOO_LARGE.error(
+            f"the conversation has grown to {size:,} bytes, over the {limit:,} this step allows "
+            "(max_conversation_bytes, or the model's context_tokens); give the step tools with "
+            "smaller outputs, or fewer model calls"
+        )
+
+
 class ModelCallActivity:
     """The `model_call` activity, with what it needs."""
 
@@ -355,6 +384,8 @@ class ModelCallActivity:
         self.progress = progress
         self.settings = settings
         self._clients: dict[tuple[int, str | None, str | None], openai.AsyncOpenAI] = {}
+        self._stores: dict[tuple[str, str, str | None], ConversationStore] = {}
+        """Conversations kept by reference, one store per payload store configured."""
 
     def client(self, endpoint: ModelEndpoint) -> openai.AsyncOpenAI:
         """One client (one connection pool) per event loop, address and key.
@@ -400,18 +431,50 @@ class ModelCallActivity:
             attempt=info.attempt,
         )
         with bound:
-            return await self._call(call, endpoint, schema, settings)
+            await prepare_tools(call.tools)  # MCP servers' tools: listed, current
+            conversation, stored = await self._conversation(call, settings)
+            output = await self._call(call, conversation, endpoint, schema, settings)
+            output.stored = stored
+            return output
+
+    async def _conversation(
+        self, call: ModelCallInput, settings: Settings
+    ) -> tuple[list[ChatMessage], str | None]:
+        """The whole conversation, and the key it is stored under for the next call to name.
+
+        Stored before the model is asked: a retry stores the same chunk under the same key,
+        and a model reply is never paid for twice because the store failed after it.
+        """
+        store = self._store(settings)
+        new = (call.tail or []) if call.prior else call.messages
+        try:
+            earlier = await store.load(call.prior) if call.prior else []
+            stored = await store.save(call.prior, new) if store.enabled else None
+        except Exception as err:  # missing, unreadable or unwritable: another attempt may do
+            raise ErrorType.PAYLOAD_STORE_UNAVAILABLE.error(
+                f"the conversation store failed: {err}"
+            ) from None
+        return [*earlier, *new], stored
+
+    def _store(self, settings: Settings) -> ConversationStore:
+        key = (settings.payload_store, str(payload_dir(settings)), settings.payload_s3_bucket)
+        store = self._stores.get(key)
+        if store is None:
+            store = self._stores[key] = ConversationStore(settings)
+        return store
 
     async def _call(
         self,
         call: ModelCallInput,
+        conversation: list[ChatMessage],
         endpoint: ModelEndpoint,
         schema: ResolvedSchema | None,
         settings: Settings,
     ) -> ModelCallOutput:
+        _check_size(call, conversation, endpoint)
         started = time.monotonic()
         telemetry.model_call_started(call.step_id, call.call_number, endpoint.name)
-        messages = _request_messages(call.messages, schema)
+        messages = _request_messages(conversation, schema)
         try:
             message, usage = await _with_heartbeats(
                 _complete(self.client, endpoint, call, messages, tool_params(call.tools), schema)

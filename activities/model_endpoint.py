@@ -26,6 +26,7 @@ class ModelEndpoint:
     api_key: str | None = field(default=None, repr=False)
     params: dict[str, Any] = field(default_factory=dict)
     structured_output: bool = True
+    context_tokens: int | None = None
 
     @property
     def offline(self) -> bool:
@@ -68,4 +69,5 @@ def resolve_endpoint(name: str | None, settings: Settings) -> ModelEndpoint:
         api_key=api_key or "not-needed",
         params=dict(configured.params) if configured else {},
         structured_output=configured.structured_output if configured else True,
+        context_tokens=configured.context_tokens if configured else None,
     )

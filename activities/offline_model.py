@@ -74,7 +74,23 @@ Behaviour:
   key wins. A property whose name is a hint takes the hint's value when that
   value validates against the property's schema; otherwise it is synthesized.
   The input text strings are derived from is the step input alone (after
-  ``"Input:\n"``, before the first ``"Output of step"`` section).
+  ``"Input:\n"``, before the first ``"Output of step"`` section). The
+  input's ``last_review`` and ``previous_review`` keys give no hints (a new
+  review does not copy the old one).
+- **Reviews: revise first, approve a revision.** An enum answer takes its first
+  value, so a review whose verdict is ``enum: [revise, approve]`` says
+  ``revise``. But when the step's input shows it looks at a revision, every
+  enum in the final answer that offers ``approve`` (or ``approved``) takes that
+  value instead, hints notwithstanding. The input shows a revision when it is a
+  JSON object whose ``last_review`` or ``previous_review`` is not empty (null,
+  ``""``, ``[]`` and ``{}`` are empty), or when a line of it starts with
+  ``Last review:`` or ``Previous review:`` (any case) followed by something
+  other than nothing, ``null`` or ``none``. A review loop that hands the
+  reviewer the previous iteration's review (``last_review: "{{
+  loop.previous.review.output }}"``, null on the first iteration) therefore
+  asks for one revision and approves the next: its ``until`` ends it on
+  iteration 2, every time (`examples/research_report.yaml`). Tool arguments
+  are never affected.
 - **Usage.** Tokens are estimated at about 4 characters per token
   (`estimate_tokens`): the prompt counts the messages, the tools (if any) and
   the output schema (if any); the completion counts the reply's content and
@@ -97,6 +113,7 @@ from stepflow.workflows.models import OFFLINE_MODEL
 __all__ = [
     "OFFLINE_MODEL",
     "REPAIR_PREFIX",
+    "REVISION_KEYS",
     "estimate_tokens",
     "offline_completion",
     "synthesize",
@@ -118,6 +135,14 @@ HARD_LIMIT = 64
 """Schema depth after which synthesis gives up (null): only reached by cycles with no way out."""
 
 _SECTION = re.compile(r"\n\nOutput of step '([^\n]*?)':\n")
+
+REVISION_KEYS = ("last_review", "previous_review")
+"""Keys of a JSON input that hold the review of the previous version: a revision is reviewed."""
+_REVISION_LINE = re.compile(r"^[ \t]*(?:last|previous) review:(?P<value>.*)$", re.I | re.M)
+"""A line of a text input that gives the previous review (`Last review: ...`)."""
+_EMPTY_REVIEW = frozenset({"", "null", "none"})
+APPROVALS = ("approve", "approved")
+"""Enum values that approve: what the offline model answers when it reviews a revision."""
 
 FORMATS: dict[str, str] = {
     "date-time": "2024-01-01T00:00:00Z",
@@ -187,12 +212,20 @@ class _Synthesizer:
     """One synthesis: the root schema (for `$ref`s and validation) and what fills it."""
 
     def __init__(
-        self, root: Any, hints: dict[str, Any], text: str, *, use_defaults: bool = True
+        self,
+        root: Any,
+        hints: dict[str, Any],
+        text: str,
+        *,
+        use_defaults: bool = True,
+        approve: bool = False,
     ) -> None:
         self.root = root
         self.hints = hints
         self.text = " ".join(text.split()) if isinstance(text, str) else ""
         self.use_defaults = use_defaults
+        self.approve = approve
+        """A revision is reviewed: an enum that offers an approval takes it."""
         self._validator: Any = None
 
     def run(self) -> Any:
@@ -267,7 +300,8 @@ class _Synthesizer:
             return schema["const"]
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
-            return enum[variant % len(enum)]
+            approval = self.approval(schema, depth)
+            return approval if approval is not None else enum[variant % len(enum)]
         if self.use_defaults and "default" in schema and self.validates(schema["default"], schema):
             return schema["default"]
         for key in ("anyOf", "oneOf"):
@@ -290,6 +324,16 @@ class _Synthesizer:
         if kind == "object":
             return self.object(schema, depth, nest, variant)
         return self.string(schema, variant)
+
+    def approval(self, schema: Any, depth: int) -> Any:
+        """The approving value of an enum, when a revision is reviewed; else None."""
+        if not self.approve:
+            return None
+        schema = self.flatten(schema, depth)
+        enum = schema.get("enum") if isinstance(schema, dict) else None
+        if not isinstance(enum, list):
+            return None
+        return next((v for v in enum if isinstance(v, str) and v in APPROVALS), None)
 
     def pick_branch(self, branches: list[Any], depth: int, nest: int) -> dict[str, Any]:
         """The first non-null branch; the null one once nesting is deep (recursive models)."""
@@ -354,7 +398,8 @@ class _Synthesizer:
         names = list(properties) + [r for r in required if r not in properties]
         for name in names:
             sub = properties.get(name, extra if isinstance(extra, dict) else {})
-            if name in self.hints and self.validates(self.hints[name], sub):
+            hinted = name in self.hints and self.approval(sub, depth + 1) is None
+            if hinted and self.validates(self.hints[name], sub):
                 result[name] = self.hints[name]
             elif name in required:
                 result[name] = self.gen(sub, depth + 1, nest + 1, variant)
@@ -571,8 +616,21 @@ class _Conversation:
         """No assistant turn yet in this step: the only round in which tools are called."""
         return not any(_role(m) == "assistant" for m in self.turns)
 
+    def revision(self) -> bool:
+        """Whether the input gives the previous review: the step reviews a revision."""
+        value = _parse_object(self.input_text)
+        if value is not None and any(value.get(k) not in (None, "", [], {}) for k in REVISION_KEYS):
+            return True
+        return any(
+            m.group("value").strip().lower() not in _EMPTY_REVIEW
+            for m in _REVISION_LINE.finditer(self.input_text)
+        )
+
     def hints(self) -> dict[str, Any]:
-        objects = [_parse_object(self.input_text)] + [_parse_object(b) for _, b in self.sections]
+        given = _parse_object(self.input_text)
+        if given is not None:  # the previous review is no hint for the next one
+            given = {k: v for k, v in given.items() if k not in REVISION_KEYS}
+        objects = [given] + [_parse_object(b) for _, b in self.sections]
         found = [o for o in objects if o is not None]
         hints: dict[str, Any] = {}
         for obj in found:
@@ -663,9 +721,8 @@ def offline_completion(
         finish_reason = "tool_calls"
     else:
         if output_schema is not None:
-            content = json.dumps(
-                _answer(output_schema, hints, convo.input_text), ensure_ascii=False
-            )
+            answer = _answer(output_schema, hints, convo.input_text, approve=convo.revision())
+            content = json.dumps(answer, ensure_ascii=False)
         else:
             content = _plain_answer(convo)
         message = {"role": "assistant", "content": content}
@@ -722,12 +779,17 @@ def _plan_calls(
     return calls
 
 
-def _answer(schema: dict[str, Any], hints: dict[str, Any], text: str) -> Any:
-    """The first of (with hints, without hints, without defaults either) that validates."""
+def _answer(
+    schema: dict[str, Any], hints: dict[str, Any], text: str, *, approve: bool = False
+) -> Any:
+    """The first of (with hints, without hints, without defaults either) that validates.
+
+    `approve`: a revision is reviewed, so enums that offer an approval take it.
+    """
     attempts = [
-        _Synthesizer(schema, hints, text),
-        _Synthesizer(schema, {}, text),
-        _Synthesizer(schema, {}, text, use_defaults=False),
+        _Synthesizer(schema, hints, text, approve=approve),
+        _Synthesizer(schema, {}, text, approve=approve),
+        _Synthesizer(schema, {}, text, use_defaults=False, approve=approve),
     ]
     first: Any = None
     for index, synth in enumerate(attempts):

@@ -12,9 +12,9 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -45,6 +45,8 @@ class ToolDefinition:
     """Largest arguments, as JSON, a call may carry; None: STEPFLOW_TOOL_MAX_REQUEST_BYTES."""
     max_output_bytes: int | None = None
     """Largest result, as JSON, a call may return; None: STEPFLOW_TOOL_MAX_OUTPUT_BYTES."""
+    version: str | None = None
+    """Part of a cached result's key: a new version never takes an older one's results."""
 
     def request_limit(self, settings: Settings) -> int:
         """The largest arguments (bytes of JSON) this tool accepts."""
@@ -89,6 +91,67 @@ class ToolDefinition:
 _REGISTRY: dict[str, ToolDefinition] = {}
 
 
+class ToolSource(Protocol):
+    """Tools that are not Python functions: those of MCP servers (`activities.mcp`).
+
+    Their names hold a dot (`files.read`), so they never collide with a `@tool`.
+    """
+
+    def find(self, name: str) -> ToolDefinition | None:
+        """The tool of this name as last listed, without I/O; None if unknown here."""
+        ...
+
+    async def prepare(self, names: Sequence[str]) -> None:
+        """Make `find` current for `names` (connect, list again after a change)."""
+        ...
+
+
+_SOURCES: list[ToolSource] = []
+"""Live sources first (newest first), then fallbacks."""
+
+
+def add_tool_source(source: ToolSource, *, fallback: bool = False) -> None:
+    """Let `get_tool` find the tools of `source`: a worker's MCP servers, asked first, or
+    (`fallback`) the tools a command read from them once, asked after every live source."""
+    if source in _SOURCES:
+        return
+    if fallback:
+        _SOURCES.append(source)
+    else:
+        _SOURCES.insert(0, source)
+
+
+def remove_tool_source(source: ToolSource) -> None:
+    if source in _SOURCES:
+        _SOURCES.remove(source)
+
+
+async def prepare_tools(names: Sequence[str]) -> None:
+    """Before `get_tool` is asked for `names`: let each source bring them up to date.
+
+    Raises:
+        Exception: what a source raises when it cannot (a server that cannot be reached).
+    """
+    if any("." in name for name in names):  # Python tools need nothing
+        for source in list(_SOURCES):
+            await source.prepare(names)
+
+
+def model_tool_name(name: str) -> str:
+    """The name a model is shown: function names allow no dot (`files.read` -> `files__read`)."""
+    return name.replace(".", "__")
+
+
+def tool_from_model_name(name: str, allowed: Sequence[str]) -> str:
+    """The tool of `allowed` a model meant by `name` (`files__read` -> `files.read`), or `name`."""
+    if name in allowed:
+        return name
+    for candidate in allowed:
+        if model_tool_name(candidate) == name:
+            return candidate
+    return name
+
+
 def _args_model(name: str, fn: Callable[..., Any]) -> type[BaseModel]:
     hints = get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {}
@@ -113,6 +176,7 @@ def tool(
     description: str | None = None,
     max_request_bytes: int | None = None,
     max_output_bytes: int | None = None,
+    version: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -124,6 +188,7 @@ def tool(
     description: str | None = None,
     max_request_bytes: int | None = None,
     max_output_bytes: int | None = None,
+    version: str | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a tool. Use as `@tool` or `@tool(name=..., description=...)`.
 
@@ -139,6 +204,8 @@ def tool(
         max_output_bytes: The largest result, measured as JSON, a call may return; a
             larger one fails the call (`ToolOutputTooLarge`, not retried). Default:
             STEPFLOW_TOOL_MAX_OUTPUT_BYTES.
+        version: Change it when the tool's results change: steps with `cache:` then
+            never take results an earlier version computed.
     """
     for label, limit in (
         ("max_request_bytes", max_request_bytes),
@@ -177,6 +244,7 @@ def tool(
             is_async=inspect.iscoroutinefunction(func),
             max_request_bytes=max_request_bytes,
             max_output_bytes=max_output_bytes,
+            version=version,
         )
         return func
 
@@ -186,11 +254,18 @@ def tool(
 
 
 def get_tool(name: str) -> ToolDefinition | None:
-    return _REGISTRY.get(name)
+    """A `@tool`, else a tool a source (MCP server) has listed; None if neither knows it."""
+    found = _REGISTRY.get(name)
+    if found is None and "." in name:
+        for source in _SOURCES:
+            found = source.find(name)
+            if found is not None:
+                break
+    return found
 
 
 def all_tools() -> list[ToolDefinition]:
-    """Every registered tool, sorted by name."""
+    """Every `@tool` (Python function) registered, sorted by name; not the MCP servers' tools."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 

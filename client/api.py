@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
@@ -58,8 +59,16 @@ from stepflow.runtime.routing import task_routing, warn_unserved
 from stepflow.runtime.settings import Settings, get_settings
 from stepflow.workflows import control
 from stepflow.workflows.control import PipelineState, StepInput, StepRequest
-from stepflow.workflows.models import PipelineInput, PipelineResult, PipelineSpec, Reuse
+from stepflow.workflows.models import (
+    PipelineInput,
+    PipelineResult,
+    PipelineSpec,
+    Reuse,
+    StepRecord,
+    StepStatus,
+)
 from stepflow.workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
+from stepflow.workflows.run_view import total_usage
 from stepflow.workflows.validation import resolve_inputs
 
 
@@ -156,7 +165,8 @@ class StepflowClient:
     def ui_url(self, workflow_id: str, run_id: str | None = None) -> str:
         """The run's page in the Temporal Web UI."""
         base = self.settings.ui_url.rstrip("/")
-        url = f"{base}/namespaces/{self.temporal.namespace}/workflows/{workflow_id}"
+        # A child run's id has slashes (`<run>/revise/2`): one path segment, as the UI encodes it.
+        url = f"{base}/namespaces/{self.temporal.namespace}/workflows/{quote(workflow_id, safe='')}"
         return f"{url}/{run_id}/history" if run_id else url
 
     def _handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any, Any]:
@@ -173,6 +183,7 @@ class StepflowClient:
         *,
         workflow_id: str | None = None,
         task_queue: str | None = None,
+        no_cache: bool = False,
     ) -> PipelineRun:
         """Validate a pipeline and its inputs completely, then start it.
 
@@ -186,13 +197,15 @@ class StepflowClient:
             inputs: Values of the pipeline's inputs (checked against their types).
             workflow_id: Defaults to `<pipeline-name>-<8 hex digits>`.
             task_queue: Defaults to STEPFLOW_TASK_QUEUE (`stepflow`).
+            no_cache: No step looks in the result cache (`cache:` steps compute afresh,
+                and keep what they compute).
 
         Raises:
             workflows.validation.SpecError: the pipeline or inputs are invalid; nothing started.
             RunAlreadyStarted: a run with `workflow_id` is still running.
         """
         spec = load_pipeline(pipeline)
-        return await self._start(spec, inputs or {}, workflow_id, task_queue)
+        return await self._start(spec, inputs or {}, workflow_id, task_queue, no_cache=no_cache)
 
     async def rerun(
         self,
@@ -246,6 +259,8 @@ class StepflowClient:
         workflow_id: str | None,
         task_queue: str | None,
         reuse: Reuse | None = None,
+        *,
+        no_cache: bool = False,
     ) -> PipelineRun:
         resolved = resolve_inputs(spec, inputs)
         workflow_id = workflow_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
@@ -260,6 +275,7 @@ class StepflowClient:
                     routing=routing,
                     payload_store=self.settings.payload_store != "off",
                     reuse=reuse,
+                    no_cache=no_cache,
                 ),
                 id=workflow_id,
                 task_queue=task_queue or self.settings.task_queue,
@@ -325,10 +341,11 @@ class StepflowClient:
         *,
         workflow_id: str | None = None,
         task_queue: str | None = None,
+        no_cache: bool = False,
     ) -> PipelineResult:
         """`start_pipeline` then `get_result`."""
         run = await self.start_pipeline(
-            pipeline, inputs, workflow_id=workflow_id, task_queue=task_queue
+            pipeline, inputs, workflow_id=workflow_id, task_queue=task_queue, no_cache=no_cache
         )
         return await self.get_result(run.workflow_id, run.run_id)
 
@@ -343,9 +360,10 @@ class StepflowClient:
         """
         with control_errors(workflow_id):
             try:
-                return await self._handle(workflow_id).query(
+                state = await self._handle(workflow_id).query(
                     control.STATUS_QUERY, result_type=PipelineState, rpc_timeout=self.query_timeout
                 )
+                return await self._with_agent_progress(workflow_id, state)
             except RPCError as err:
                 if not timed_out(err):
                     raise
@@ -354,6 +372,45 @@ class StepflowClient:
                     f"{self.query_timeout.total_seconds():g}s: "
                     "is a worker running on its task queue?"
                 ) from None
+
+    async def _with_agent_progress(self, workflow_id: str, state: PipelineState) -> PipelineState:
+        """The running agent steps' own progress on their records: model call, tokens, retries.
+
+        An agent step answers for itself (`AGENT_PROGRESS_QUERY`) instead of signalling its
+        pipeline at every model call; a step that cannot answer now keeps the pipeline's view.
+        """
+        running = [
+            r
+            for r in state.steps
+            if r.kind == "agent"
+            and r.items is None
+            and r.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+        ]
+        if not running:
+            return state
+
+        async def ask(record: StepRecord) -> None:
+            child = self.temporal.get_workflow_handle(f"{workflow_id}/{record.id}")
+            try:
+                progress = await child.query(
+                    control.AGENT_PROGRESS_QUERY,
+                    result_type=control.AgentProgress,
+                    rpc_timeout=self.query_timeout,
+                )
+            except (RPCError, WorkflowQueryFailedError):
+                return  # not started yet, ended meanwhile, or a worker that predates the query
+            record.model_call = progress.model_call
+            record.max_model_calls = progress.max_model_calls
+            record.usage = progress.usage
+            record.tool_calls = progress.tool_calls
+            record.model = progress.model or record.model
+            if progress.attempt:
+                record.status = StepStatus.RETRYING
+                record.attempts = progress.attempt
+
+        await asyncio.gather(*(ask(r) for r in running))
+        state.usage = total_usage(state.steps)
+        return state
 
     async def describe(self, workflow_id: str) -> RunSummary:
         """What Temporal itself knows of the run (no worker needed).
@@ -383,10 +440,18 @@ class StepflowClient:
         return runs
 
     async def reruns(self, workflow_id: str) -> list[RunSummary]:
-        """The reruns of a run, newest first (through visibility: ~1 s behind)."""
+        """The reruns of a run, newest first (through visibility: ~1 s behind).
+
+        None where the namespace lacks the `StepflowRerunOf` search attribute: no rerun
+        there can name its source (they start without it, with a warning).
+        """
         runs = []
-        async for execution in self.temporal.list_workflows(reruns_query(workflow_id)):
-            runs.append(await run_summary(execution))
+        try:
+            async for execution in self.temporal.list_workflows(reruns_query(workflow_id)):
+                runs.append(await run_summary(execution))
+        except RPCError as err:
+            if err.status != RPCStatusCode.INVALID_ARGUMENT:
+                raise
         return runs
 
     async def history(self, workflow_id: str) -> list[TimelineEvent]:

@@ -1,7 +1,7 @@
 """The `stepflow` command.
 
     stepflow validate FILE
-    stepflow run FILE [--input NAME=VALUE ...] [--id ID] [--no-wait] [--json]
+    stepflow run FILE [--input NAME=VALUE ...] [--id ID] [--no-wait] [--json] [--no-cache]
     stepflow rerun ID (--from STEP | --from-failed) [--file FILE] [--input ...] [--id ID]
                                                 [--no-wait] [--json]   reuse what ran before STEP
     stepflow result ID [--json]
@@ -20,6 +20,7 @@
     stepflow tools [--json]
     stepflow dev start | stop | status
     stepflow payloads prune [--older-than 30d] [--dry-run] [--json]   clean the local store
+    stepflow cache prune [--dry-run] [--json]    remove expired results from the local cache
     stepflow codec-server [--port 8081] [--origin URL]   decrypt runs for the Web UI
 
 Every command that talks to Temporal connects per TEMPORAL_* settings and the
@@ -44,6 +45,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from rich.markup import escape
 from temporalio.service import RPCError
 
 from stepflow.activities.registry import load_tool_modules
@@ -157,7 +159,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     inputs = parse_inputs(spec, args.input)
     _warn(spec, args.file)
     client = await StepflowClient.connect()
-    run = await client.start_pipeline(spec, inputs, workflow_id=args.id)
+    run = await client.start_pipeline(spec, inputs, workflow_id=args.id, no_cache=args.no_cache)
     err.print(f"started {run.workflow_id}")
     err.print(f"Web UI: {run.ui_url}")
     if args.no_wait:
@@ -207,8 +209,33 @@ async def cmd_result(args: argparse.Namespace) -> int:
     return code
 
 
+async def cmd_cache_prune(args: argparse.Namespace) -> int:
+    from stepflow.activities.result_cache import cache_directory, prune_cache
+
+    settings = get_settings()
+    removed, freed = prune_cache(settings, dry_run=args.dry_run)
+    if args.json:
+        out.print_json(data={"removed": removed, "bytes": freed, "dry_run": args.dry_run})
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    out.print(
+        f"{verb} {removed} expired result(s), {freed:,} bytes, from {cache_directory(settings)}",
+        markup=False,
+        highlight=False,
+    )
+    return EXIT_OK
+
+
 async def cmd_tools(args: argparse.Namespace) -> int:
-    tools = load_tool_modules(get_settings().tool_modules)
+    settings = get_settings()
+    tools = load_tool_modules(settings.tool_modules)
+    unread: dict[str, str] = {}
+    if settings.mcp_servers:  # their tools are read from the servers, which this connects to
+        from stepflow.activities.mcp.discovery import load_mcp_tools
+
+        listing = load_mcp_tools(settings=settings)
+        tools = sorted([*tools, *listing.tools], key=lambda t: t.name)
+        unread = listing.problems
     if args.json:
         out.print_json(
             data=[
@@ -216,11 +243,14 @@ async def cmd_tools(args: argparse.Namespace) -> int:
                 for t in tools
             ]
         )
-        return EXIT_OK
-    for definition in tools:
-        first_line = definition.description.splitlines()[0] if definition.description else ""
-        out.print(f"[bold]{definition.name}[/bold]  {first_line}")
-    return EXIT_OK
+    else:
+        for definition in tools:
+            first_line = definition.description.splitlines()[0] if definition.description else ""
+            # A server's description is foreign text: no markup in it.
+            out.print(f"[bold]{definition.name}[/bold]  {escape(first_line)}")
+    for problem in unread.values():  # what could be read is listed; each server not, named
+        err.print(f"stepflow: {problem}", markup=False, highlight=False)
+    return EXIT_USAGE if unread else EXIT_OK
 
 
 async def cmd_dev(args: argparse.Namespace) -> int:
@@ -287,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="workflow id (default: <pipeline-name>-<short-uuid>)")
     p.add_argument("--no-wait", action="store_true", help="print the run's id and return")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--no-cache", action="store_true", help="compute every `cache:` step afresh (and keep it)"
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser(
@@ -320,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_commands(sub)
     add_codec_server_command(sub)
     add_payloads_command(sub)
+
+    p = sub.add_parser("cache", help="the result cache of `cache:` steps")
+    cache_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prune = cache_sub.add_parser("prune", help="remove expired results from the local cache")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    prune.add_argument("--json", action="store_true")
+    prune.set_defaults(handler=cmd_cache_prune)
 
     p = sub.add_parser("tools", help="list the registered tools")
     p.add_argument("--json", action="store_true", help="with their argument schemas")

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, resolve_output_schema
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
+from stepflow.runtime.mcp_config import servers_of, tool_server, unknown_server_hint
 from stepflow.runtime.settings import get_settings
 from stepflow.workflows.durations import format_duration
 from stepflow.workflows.models import (
@@ -286,19 +287,29 @@ class _SubPipelineFiles:
 
 
 def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
-    """Unknown tools and literal arguments that fail the tool's schema, nested steps too."""
+    """Unknown tools and literal arguments that fail the tool's schema, nested steps too.
+
+    MCP servers' tools (`server.tool`) are read from the servers the pipeline names; a
+    server that cannot be read is one issue naming it, not one per step that uses it.
+    """
     load_tool_modules(get_settings().tool_modules)
-    issues = []
-    known = [t.name for t in all_tools()]
-    for path, step in all_steps(spec.steps):
+    steps = list(all_steps(spec.steps))
+    unread, read = _mcp_tools(steps)
+    issues = [SpecIssue(problem) for problem in unread.values()]
+    known = [t.name for t in all_tools()] + read
+    for path, step in steps:
         if isinstance(step, AgentStep):
-            issues.extend(_agent_issues(path, step, known))
+            issues.extend(_agent_issues(path, step, known, set(unread)))
             continue
         if not isinstance(step, ToolStep):
             continue  # approval, input, loop and pipeline steps call no tool themselves
         definition = get_tool(step.tool)
         if definition is None:
-            hint = did_you_mean(step.tool, known)
+            if tool_server(step.tool) in unread:
+                continue  # said once, for its server
+            hint = did_you_mean(step.tool, known) or unknown_server_hint(
+                step.tool, get_settings().mcp_servers
+            )
             issues.append(
                 SpecIssue(
                     f"unknown tool {step.tool!r}{hint}; `stepflow tools` lists them, "
@@ -313,12 +324,31 @@ def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:
     return issues
 
 
-def _agent_issues(path: str, step: AgentStep, known: list[str]) -> list[SpecIssue]:
+def _mcp_tools(steps: list[tuple[str, Step]]) -> tuple[dict[str, str], list[str]]:
+    """Read the tools of the MCP servers the steps name: why each server that could not be
+    read could not (by server), and the names of the tools read."""
+    names = [step.tool for _, step in steps if isinstance(step, ToolStep)]
+    names += [name for _, step in steps if isinstance(step, AgentStep) for name in step.tools]
+    servers = servers_of(names)
+    if not servers & set(get_settings().mcp_servers):
+        return {}, []
+    # Imported here: the MCP SDK takes a while to import, and most pipelines need none.
+    from stepflow.activities.mcp.discovery import load_mcp_tools
+
+    listing = load_mcp_tools(servers)
+    return listing.problems, [defn.name for defn in listing.tools]
+
+
+def _agent_issues(
+    path: str, step: AgentStep, known: list[str], unread: set[str]
+) -> list[SpecIssue]:
     """Unknown tools in an agent step's list, and an output schema the worker could not use."""
     issues = []
     for index, name in enumerate(step.tools):
-        if get_tool(name) is None:
-            hint = did_you_mean(name, known)
+        if get_tool(name) is None and tool_server(name) not in unread:
+            hint = did_you_mean(name, known) or unknown_server_hint(
+                name, get_settings().mcp_servers
+            )
             issues.append(SpecIssue(f"unknown tool {name!r}{hint}", path, f"tools[{index}]"))
     if step.output_schema is not None:
         try:

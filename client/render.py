@@ -31,6 +31,7 @@ STATUS_STYLE = {
     StepStatus.TIMED_OUT: "red",
     StepStatus.SKIPPED: "dim",
     StepStatus.CANCELLED: "yellow",
+    StepStatus.REUSED: "green dim",
 }
 
 
@@ -217,6 +218,7 @@ RUN_STYLE = {
 
 COUNT_ORDER = [
     StepStatus.SUCCEEDED,
+    StepStatus.REUSED,
     StepStatus.FAILED,
     StepStatus.TIMED_OUT,
     StepStatus.CANCELLED,

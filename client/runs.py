@@ -88,7 +88,10 @@ async def run_summary(execution: WorkflowExecution) -> RunSummary:
     attributes = execution.typed_search_attributes
     stepflow_status = attributes.get(control.STATUS_ATTRIBUTE)
     pipeline = attributes.get(control.PIPELINE_ATTRIBUTE)
-    memo = await execution.memo()
+    try:
+        memo = await execution.memo()
+    except Exception:  # encrypted with a key this process lacks: list the run all the same
+        memo = {}
     if pipeline is None:  # started without search attributes: the memo has it
         pipeline = memo.get("pipeline") if isinstance(memo.get("pipeline"), str) else None
     execution_status = execution.status or WorkflowExecutionStatus.RUNNING
@@ -164,7 +167,7 @@ def warn_unregistered(err: RPCError) -> None:
             detail=err.message,
             hint="runs start without StepflowPipeline/StepflowStatus, so `stepflow list` cannot "
             "filter them; register both: temporal operator search-attribute create "
-            "--name StepflowPipeline --type Keyword (and StepflowStatus)",
+            "--name StepflowPipeline --type Keyword (and StepflowStatus, StepflowRerunOf)",
         )
 
 

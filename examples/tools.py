@@ -9,6 +9,8 @@ They work offline and deterministically, so the demo needs no network:
   project copied into the workspace, read, and a changed file checked without
   running it (code_task.yaml).
 - `slugify`: a file-name-safe name for a title.
+- `find_keywords`, `first_of`: which words a text mentions, to branch on, and the
+  value of the branch that ran, to join them again (triage.yaml).
 - `checksum_files`: the pattern for a long tool: it heartbeats its progress and a
   retry resumes from there.
 
@@ -25,7 +27,7 @@ import re
 import warnings
 from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -181,6 +183,56 @@ def search_notes(
 def slugify(text: str) -> str:
     """Turn a title into a file-name-safe slug."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "untitled"
+
+
+# ---------------------------------------------------------------------------
+# Triage: branch on a text, join the branches
+
+
+@tool
+def find_keywords(
+    text: Annotated[str, Field(description="The text to look in.")],
+    keywords: Annotated[
+        list[str], Field(max_length=100, description="Words or phrases to look for.")
+    ],
+) -> list[str]:
+    """The keywords that occur in a text, as whole words (any case), in the order given.
+
+    Args:
+        text: The text to look in.
+        keywords: Words or phrases, e.g. `["outage", "data loss"]`.
+
+    Returns:
+        Those found; empty if none is.
+    """
+    words = " ".join(_WORD.findall(text.lower()))
+    found = []
+    for keyword in keywords:
+        phrase = " ".join(_WORD.findall(keyword.lower()))
+        if phrase and re.search(rf"(?<!\S){re.escape(phrase)}(?!\S)", words):
+            found.append(keyword)
+    return found
+
+
+@tool
+def first_of(
+    values: Annotated[list[Any], Field(description="Candidates, in order of preference.")],
+) -> Any:
+    """The first value that is not null: joins the branches of an if/else.
+
+    Give it the outputs of the branches, e.g. `["{{ steps.a.output }}", "{{ steps.b.output }}"]`
+    in a step with `trigger: none_failed`: a branch that was skipped reads as null.
+
+    Args:
+        values: Candidates, in order of preference.
+
+    Returns:
+        The first of them that is not null.
+    """
+    for value in values:
+        if value is not None:
+            return value
+    raise ToolError("every value is null: no branch gave an output", non_retryable=True)
 
 
 # ---------------------------------------------------------------------------

@@ -199,11 +199,20 @@ class StepflowPlugin(SimplePlugin):
             activities.append(ModelCallActivity(progress).model_call)
         # Any other activity type: a tool this worker lacks fails at once, saying so.
         unknown = UnknownActivities(queue.task_queue, [t.name for t in served])
-        return [
-            *activities,
-            *ToolActivities(served, progress).activities(),
-            unknown.unknown_activity,
-        ]
+        tools = ToolActivities(served, progress)
+        fallback: Callable[..., Any] = unknown.unknown_activity
+        if self.settings.mcp_servers and (queue.workflows or queue.model_calls):
+            # MCP servers' tools are found at call time, so they run in the dynamic activity.
+            from stepflow.activities.mcp.activity import McpToolActivities
+            from stepflow.activities.mcp.hub import McpHub
+
+            hub = McpHub(self.settings.mcp_servers).register()
+            fallback = McpToolActivities(hub, tools, unknown).mcp_tool
+        if queue.workflows:  # result cache lookups go to the run's own queue
+            from stepflow.activities.result_cache import CacheActivities
+
+            activities.extend(CacheActivities(self.settings).activities())
+        return [*activities, *tools.activities(), fallback]
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         """Run the worker; then close what its activities opened (model API connections)."""

@@ -100,6 +100,13 @@ def project_values(project: Project, known: list[str]) -> dict[str, Any]:
             str(project.root / Path(entry).expanduser()) if isinstance(entry, str) else entry
             for entry in values["import_path"]
         ]
+    if isinstance(values.get("mcp_servers"), dict):  # a stdio server's `cwd`, as a path setting
+        values["mcp_servers"] = {
+            name: {**server, "cwd": str(project.root / Path(server["cwd"]).expanduser())}
+            if isinstance(server, dict) and isinstance(server.get("cwd"), str)
+            else server
+            for name, server in values["mcp_servers"].items()
+        }
     home = values.setdefault("home", project.root / DEFAULT_HOME)
     values.setdefault("workspace", Path(home) / "workspace")
     return values

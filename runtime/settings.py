@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from stepflow.runtime.mcp_config import McpServerConfig, parse_servers
 from stepflow.runtime.project import find_project, project_values
 from stepflow.workflows.durations import PositiveDuration
 
@@ -46,6 +48,12 @@ class ModelSettings(BaseModel):
     )
     api_key_env: str = Field(
         default="OPENAI_API_KEY", description="Environment variable holding the API key."
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The model's context window: agent steps fail before a call whose "
+        "conversation is over about 4 bytes a token of it (max_conversation_bytes overrides).",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -128,6 +136,14 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(
         default_factory=dict,
         description='Per-model settings as JSON: {"name": {"base_url": ..., "api_key_env": ...}}.',
+    )
+
+    mcp_servers: Annotated[dict[str, McpServerConfig], NoDecode] = Field(
+        default_factory=dict,
+        description='MCP servers whose tools pipelines use as SERVER.TOOL, as JSON: {"files": '
+        '{"command": "npx", "args": [...], "env": {...}}, "search": {"url": "https://...", '
+        '"headers": {"Authorization": "Bearer ${TOKEN}"}}}; ${VAR} is read from the '
+        "environment when connecting.",
     )
 
     # -- worker tuning --
@@ -270,6 +286,11 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _parse_mcp_servers(cls, value: object) -> object:
+        return parse_servers(value)
+
     @field_validator("tool_task_queues", mode="before")
     @classmethod
     def _parse_tool_queues(cls, value: object) -> object:
@@ -383,7 +404,10 @@ class Settings(BaseSettings):
         return value
 
 
-_parsed: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+_ENVIRON: Mapping[Any, Any] = os.environb if os.supports_bytes_environ else os.environ
+_PREFIX_BYTES: Any = _PREFIX.encode() if os.supports_bytes_environ else _PREFIX
+
+_parsed: tuple[tuple[tuple[Any, Any], ...], Settings] | None = None
 """The `STEPFLOW_*` variables (and directory) last parsed, and what they gave."""
 
 
@@ -396,9 +420,11 @@ def get_settings() -> Settings:
     one caller gets, every caller shares.
     """
     global _parsed
+    # The bytes environment: `os.environ.items()` decodes every variable, which made this
+    # check itself 0.8 ms a call (bench/overhead.py --mode product, two calls a tool call).
     environment = (
-        *sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(_PREFIX)),
-        ("\0cwd", os.getcwd()),  # another directory may be another project
+        *sorted((k, v) for k, v in _ENVIRON.items() if k.upper().startswith(_PREFIX_BYTES)),
+        (b"\0cwd", os.getcwd().encode()),  # another directory may be another project
     )
     if _parsed is None or _parsed[0] != environment:
         _parsed = (environment, Settings())

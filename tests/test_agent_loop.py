@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
 from stepflow.client.api import StepflowClient
@@ -225,8 +227,14 @@ async def test_a_huge_tool_result_is_cut_before_it_reaches_the_model(
 
 
 async def test_a_conversation_too_large_for_temporal_fails_the_step_clearly(
-    worker: None, stepflow: StepflowClient, model_server: ScriptedModelServer, journal: str
+    worker: None,
+    stepflow: StepflowClient,
+    model_server: ScriptedModelServer,
+    journal: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Without a payload store every call carries the whole conversation in history.
+    monkeypatch.setenv("STEPFLOW_PAYLOAD_STORE", "off")
     big = {"journal": journal, "value": "z" * 400_000}
     model_server.respond_with(lambda request: tool_calls(("record", big)))
     result = await stepflow.run_pipeline(pipeline(agent("a", tools=["record"])))
@@ -236,3 +244,54 @@ async def test_a_conversation_too_large_for_temporal_fails_the_step_clearly(
     assert record.error_type == "ConversationTooLarge"
     assert "over the 1,500,000 a model call may carry" in (record.error or "")
     assert len(model_server.requests) == 3
+
+
+async def test_with_a_payload_store_a_conversation_outgrows_what_one_call_could_carry(
+    worker: None,
+    stepflow: StepflowClient,
+    model_server: ScriptedModelServer,
+    journal: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Calls name the stored conversation and carry only what is new: no 1.5 MB wall.
+    monkeypatch.setenv("STEPFLOW_PAYLOAD_DIR", str(tmp_path / "payloads"))
+    big = {"journal": journal, "value": "z" * 400_000}
+    model_server.play(*[tool_calls(("record", big)) for _ in range(4)], text("done"))
+    result = await stepflow.run_pipeline(pipeline(agent("a", tools=["record"])))
+
+    assert result.step("a").output == "done", result.step("a").error
+    assert len(json.dumps(model_server.requests[-1].messages)) > 1_500_000
+
+
+async def test_local_tools_run_in_the_workflow_task_without_an_activity_task(
+    worker: None,
+    stepflow: StepflowClient,
+    model_server: ScriptedModelServer,
+    journal: str,
+    temporal_client: Client,
+) -> None:
+    model_server.play(
+        tool_calls(("record", {"journal": journal, "value": 1})),
+        tool_calls(("echo", {"value": 2})),
+        text("done"),
+    )
+    spec = pipeline(agent("a", tools=["record", "echo"], local_tools=["record"]))
+    run = await stepflow.start_pipeline(spec)
+    result = await stepflow.get_result(run.workflow_id)
+
+    assert result.step("a").output == "done" and result.step("a").tool_calls == 2
+    assert [e["event"] for e in journal_read(journal)] == ["start", "end"]
+    history = await temporal_client.get_workflow_handle(f"{run.workflow_id}/a").fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+    assert scheduled == ["model_call", "model_call", "tool_echo", "model_call"]
+    assert markers.count("core_local_activity") == 1  # record ran as a local activity

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from stepflow.workflows.validation import structural_issues
+from tests.support.helpers import agent, pipeline
 from tests.test_validation import bad, validate
 
 GOOD_AGENT = """
@@ -131,3 +133,10 @@ def test_context_must_be_dependencies_or_full(
     code, output = validate(tmp_path, capsys, text)
     assert code == 2
     assert "context" in output
+
+
+def test_local_tools_must_be_among_the_step_s_tools() -> None:
+    spec = pipeline(agent("a", tools=["echo"], local_tools=["echo", "record"]))
+    assert [str(i) for i in structural_issues(spec)] == [
+        "step 'a': local_tools: tool 'record' is not in the step's tools"
+    ]

@@ -3,6 +3,7 @@ and a pipeline's `outputs`. Tools journal every call, so each test also shows wh
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from temporalio.client import Client
@@ -222,7 +223,8 @@ async def test_stepflow_list_shows_the_run_but_not_its_child_runs(
 ) -> None:
     body = [record_step("write", journal, "x")]
     loop = {"id": "revise", "kind": "loop", "max_iterations": 2, "steps": body}
-    run = await stepflow.start_pipeline(pipeline(loop))
+    name = f"listed-{uuid.uuid4().hex[:8]}"  # other tests' runs share the server
+    run = await stepflow.start_pipeline(pipeline(loop, name=name))
     await stepflow.get_result(run.workflow_id)
 
     async def listed() -> list[str]:

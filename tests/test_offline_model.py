@@ -531,3 +531,125 @@ def test_the_offline_model_never_fetches_a_ref() -> None:
         synthesize(schema, {"a": 1}, "text")
         offline_completion(chat("x", "Input:\ny"), [], schema)
     assert server.requests == []
+
+
+# ---------------------------------------------------------------------------
+# The examples' plan and review loop
+
+PLAN: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "aspects": {
+            "type": "array",
+            "minItems": 3,
+            "maxItems": 5,
+            "items": {
+                "type": "object",
+                "properties": {"aspect": {"type": "string"}, "question": {"type": "string"}},
+                "required": ["aspect", "question"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["aspects"],
+    "additionalProperties": False,
+}
+VERDICT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["revise", "approve"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 10},
+        "comments": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    },
+    "required": ["verdict", "score", "comments"],
+}
+
+
+def answer(instructions: str, user: str, schema: dict[str, Any]) -> Any:
+    value = json.loads(
+        offline_completion(chat(instructions, user), [], schema)["message"]["content"]
+    )
+    assert_valid(value, schema)
+    return value
+
+
+def test_a_plan_gets_minitems_distinct_aspects_a_for_each_can_fan_out_over() -> None:
+    plan = answer("Plan the report.", "Input:\ndurable execution", PLAN)
+
+    assert plan["aspects"] == [
+        {"aspect": "offline: durable execution", "question": "offline: durable execution"},
+        {"aspect": "offline: durable execution (2)", "question": "offline: durable execution (2)"},
+        {"aspect": "offline: durable execution (3)", "question": "offline: durable execution (3)"},
+    ]
+
+
+def review_input(last_review: Any) -> str:
+    return "Input:\n" + json.dumps({"topic": "sagas", "round": 1, "last_review": last_review})
+
+
+def test_a_first_review_says_revise_and_a_review_of_the_revision_approves() -> None:
+    first = answer("Review the draft.", review_input(None), VERDICT)
+    assert first["verdict"] == "revise"
+
+    second = answer("Review the draft.", review_input(first), VERDICT)
+    assert second["verdict"] == "approve"
+    # The previous review is no hint: its comments are not copied into the new one.
+    assert second["comments"] != first["comments"]
+    assert second["score"] == first["score"] == 1
+
+    # Every time: the same input gets the same verdict.
+    assert answer("Review the draft.", review_input(first), VERDICT) == second
+
+
+@pytest.mark.parametrize(
+    ("user", "verdict"),
+    [
+        ("Input:\nTopic: sagas\nLast review: null", "revise"),
+        ("Input:\nTopic: sagas\nLast review:", "revise"),
+        ("Input:\nTopic: sagas\nPrevious review: None", "revise"),
+        ("Input:\nTopic: sagas\nLast review: revise, too long", "approve"),
+        ('Input:\nTopic: sagas\n  previous review: {"verdict": "revise"}', "approve"),
+        ("Input:\n" + json.dumps({"previous_review": {"verdict": "revise"}}), "approve"),
+        ("Input:\n" + json.dumps({"last_review": ""}), "revise"),
+        ("Input:\n" + json.dumps({"last_review": {}}), "revise"),
+        # Only the step's input counts, not an earlier step's output shown after it.
+        ("Input:\nTopic\n\nOutput of step 'review':\nLast review: revise", "revise"),
+    ],
+)
+def test_what_shows_a_revision(user: str, verdict: str) -> None:
+    assert answer("Review.", user, VERDICT)["verdict"] == verdict
+
+
+def test_a_revision_review_approves_over_a_hint_and_leaves_other_enums_and_tools_alone() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "verdict": {"$ref": "#/$defs/Verdict"},
+            "tone": {"enum": ["formal", "casual"]},
+            "status": {"enum": ["approved", "rejected"]},
+        },
+        "required": ["verdict", "tone", "status"],
+        "$defs": {"Verdict": {"enum": ["revise", "approve"]}},
+    }
+    user = (
+        "Input:\nLast review: too short"
+        + "\n\nOutput of step 'draft':\n"
+        + json.dumps({"verdict": "revise", "tone": "casual"})
+    )
+    assert answer("Review.", user, schema) == {
+        "verdict": "approve",  # the hint `revise` gives way
+        "tone": "casual",  # a hint, as usual: no approval to pick
+        "status": "approved",
+    }
+    verdict_tool = tool(
+        "judge",
+        {
+            "type": "object",
+            "properties": {"v": VERDICT["properties"]["verdict"]},
+            "required": ["v"],
+        },
+    )
+    calls = offline_completion(chat("Use judge.", user), [verdict_tool], None)["message"][
+        "tool_calls"
+    ]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"v": "revise"}

@@ -37,6 +37,22 @@ def test_there_are_histories_of_pipelines_and_agent_steps() -> None:
     assert {"continue-as-new.run2", "continue-as-new.loop.run2"} <= names
 
 
+def test_there_are_histories_of_control_flow_and_of_the_child_runs_it_makes() -> None:
+    """`when`/`trigger`, a for_each, a loop and a sub-pipeline: the parent run and its children."""
+    names = {path.stem for path in HISTORIES}
+    report = "example-research-report@control-flow"
+    assert {
+        report,  # for_each over the plan, a loop that ends by `until`, `outputs`
+        f"{report}.research[0]",  # a for_each instance (an agent step)
+        f"{report}.revise.1",  # loop iterations: child pipeline runs
+        f"{report}.revise.2",
+        f"{report}.revise.2.review",  # an agent step inside an iteration
+        "example-triage",  # conditions on both branches, a `none_failed` join
+        "example-triage.translate",  # a sub-pipeline: a child pipeline run
+        "example-triage.translate.translation",
+    } <= names
+
+
 def test_every_example_pipeline_has_a_committed_history() -> None:
     """`make histories` records one per example; a new example without one fails here."""
     names = {path.stem for path in HISTORIES}
@@ -56,9 +72,9 @@ async def test_history_replays(path: Path) -> None:
 
 
 class _SleepFirst(ToolRunner):
-    async def call(self, ctx: Any, step: Any) -> ToolCallOutput:
+    async def call(self, ctx: Any, step: Any, args: Any = None) -> ToolCallOutput:
         await workflow.sleep(timedelta(milliseconds=1))
-        return await super().call(ctx, step)
+        return await super().call(ctx, step, args)
 
 
 @workflow.defn(name=PIPELINE_WORKFLOW, sandboxed=False)

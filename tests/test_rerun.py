@@ -4,6 +4,7 @@ run again. The tools journal every start, so each test shows exactly what ran ag
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -221,6 +222,10 @@ async def test_stepflow_rerun_from_the_command_line(
     assert [s["status"] for s in result["steps"]] == ["REUSED", "REUSED", "SKIPPED", "SUCCEEDED"]
     assert result["rerun_of"] == old.workflow_id
     assert f"a rerun of {old.workflow_id}" in done.stderr
+
+    plain = ok(await stepflow_cli(env, "rerun", old.workflow_id, "--from", "publish"))
+    assert re.search(r"fetch\s+│\s+REUSED", plain.stdout), plain.stdout
+    assert "2 reused" in plain.stderr + plain.stdout, plain.stdout
 
     one_error_line(
         await stepflow_cli(env, "rerun", old.workflow_id, "--from", "nope"), "has no step 'nope'"

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from stepflow.workflows import requests
 from stepflow.workflows.control import RunStatus
 from stepflow.workflows.models import PipelineSpec, StepRecord, StepStatus
+from stepflow.workflows.run_state import RunState
 from stepflow.workflows.run_view import details_markdown, live_status, step_state
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -33,10 +34,45 @@ def test_status_words_say_what_qualifies_them() -> None:
 
 
 def test_a_paused_run_is_paused_and_a_waiting_step_makes_it_waiting() -> None:
-    waiting = [record("a", StepStatus.WAITING), record("b", StepStatus.RUNNING)]
+    state = RunState(
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        records=[record("a", StepStatus.WAITING), record("b", StepStatus.RUNNING)],
+    )
+    waiting = state.count(StepStatus.WAITING)
     assert live_status(waiting, paused=False) is RunStatus.WAITING
     assert live_status(waiting, paused=True) is RunStatus.PAUSED
-    assert live_status([record("b", StepStatus.RUNNING)], paused=False) is RunStatus.RUNNING
+    state.set_status(state.record("a"), StepStatus.SUCCEEDED)
+    assert live_status(state.count(StepStatus.WAITING), paused=False) is RunStatus.RUNNING
+
+
+def test_the_run_state_counts_statuses_as_they_change_and_lists_the_busy_steps() -> None:
+    records = [record(f"s{i}", StepStatus.PENDING) for i in range(10_000)]
+    state = RunState(started_at=datetime(2026, 1, 1, tzinfo=UTC), records=records)
+    seen: list[str] = []
+    state.on_status(lambda r: seen.append(f"{r.id}:{r.status.value}"))
+    state.set_status(state.record("s9000"), StepStatus.RUNNING)
+    state.set_status(state.record("s5"), StepStatus.FAILED)
+    state.set_status(state.record("s1"), StepStatus.SUCCEEDED)
+    state.set_status(state.record("s1"), StepStatus.SUCCEEDED)  # no change: not told again
+
+    assert state.counts == {
+        StepStatus.PENDING: 9_997,
+        StepStatus.RUNNING: 1,
+        StepStatus.FAILED: 1,
+        StepStatus.SUCCEEDED: 1,
+    }
+    assert [r.id for r in state.active()] == ["s5", "s9000"]  # spec order
+    assert seen == ["s9000:RUNNING", "s5:FAILED", "s1:SUCCEEDED"]
+    details = details_markdown(
+        "big",
+        RunStatus.RUNNING,
+        state.records,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        tally=state.counts,
+        active=state.active,
+    )
+    assert "10000 steps: 9997 pending, 1 running, 1 failed, 1 succeeded" in details
+    assert "| s5 |" in details and "| s9000 |" in details and "| s1 |" not in details
 
 
 def test_details_are_a_markdown_table_with_elapsed_times() -> None:

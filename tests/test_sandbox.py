@@ -19,7 +19,16 @@ from stepflow.worker import WORKFLOWS
 from stepflow.workflows.sandbox import THIRD_PARTY_PASSTHROUGH, workflow_runner
 
 ROOT = Path(__file__).resolve().parent.parent
-HISTORIES = ["tools-dag", "agent-scripted.review", "run-control", "continue-as-new.run2"]
+HISTORIES = [
+    "tools-dag",
+    "agent-scripted.review",
+    "run-control",
+    "continue-as-new.run2",
+    "agent-scripted@by-reference.review",
+    "example-triage",
+    "example-research-report@control-flow",
+    "example-research-report@control-flow.revise.2",
+]
 
 
 def test_no_workflow_module_passes_stepflow_code_through() -> None:
@@ -40,7 +49,8 @@ def _history(name: str) -> WorkflowHistory:
     "runner",
     [
         workflow_runner(),
-        # Nothing of Stepflow passed through: the contracts import cleanly in the sandbox too.
+        # Nothing of Stepflow passed through: the contracts import cleanly in the sandbox too,
+        # and the pure helpers passed through for speed run under the sandbox's checks here.
         SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(
                 *THIRD_PARTY_PASSTHROUGH

@@ -20,6 +20,13 @@ def retry_policy(retry: RetrySpec) -> RetryPolicy:
     )
 
 
+def local_activity_options(retry: RetrySpec, timeout: TimeoutSpec) -> dict[str, Any]:
+    """Keyword arguments for `workflow.execute_local_activity` (which has no heartbeats)."""
+    options = activity_options(retry, timeout)
+    del options["heartbeat_timeout"]
+    return options
+
+
 def activity_options(retry: RetrySpec, timeout: TimeoutSpec) -> dict[str, Any]:
     """Keyword arguments for `workflow.execute_activity`."""
     return {

@@ -20,8 +20,13 @@ from typing import Any, NoReturn
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from stepflow.workflows.activity_options import activity_options
-from stepflow.workflows.control import STEP_PROGRESS, StepProgress
+from stepflow.workflows.activity_options import activity_options, local_activity_options
+from stepflow.workflows.control import (
+    AGENT_PROGRESS_QUERY,
+    STEP_PROGRESS,
+    AgentProgress,
+    StepProgress,
+)
 from stepflow.workflows.conversation import (
     MAX_CONVERSATION_BYTES,
     conversation_size,
@@ -50,6 +55,11 @@ from stepflow.workflows.models import (
 
 PROGRESS_PATCH = "report-progress-to-pipeline"
 """Runs recorded before agent steps reported their progress replay without those signals."""
+
+PROGRESS_BY_QUERY_PATCH = "agent-progress-by-query"
+"""From here on the step answers a query instead of signalling its pipeline at every model
+call (a signal cost the pipeline two events and a workflow task each); runs recorded before
+replay with their signals."""
 
 CONTINUE_AS_NEW_PATCH = "agent-continue-as-new-when-suggested"
 """Loops that went past the server's suggestion before this code replay without continuing."""
@@ -81,10 +91,46 @@ class AgentStepWorkflow:
         self._loop = AgentLoopState(messages=[], next_call=1, transcript_start=1, runs=0)
         """The loop's whole state; continue-as-new hands it over as it is."""
         self._reports: set[asyncio.Task[None]] = set()
+        self._max_model_calls = 0
+        self._attempt: int | None = None
+        """A call retrying now (its activity reports each attempt after the first)."""
+        self._by_query = False
+        """Progress is read by query, not signalled to the pipeline (`PROGRESS_BY_QUERY_PATCH`)."""
+
+    @workflow.query(name=AGENT_PROGRESS_QUERY)
+    def progress(self) -> AgentProgress:
+        """Where the loop is: `stepflow status` and `watch` show it on the pipeline's record."""
+        loop = self._loop
+        return AgentProgress(
+            model_call=max(loop.next_call, 1),
+            max_model_calls=self._max_model_calls,
+            usage=loop.usage,
+            tool_calls=loop.tool_calls,
+            model=loop.model,
+            attempt=self._attempt,
+        )
+
+    @workflow.signal(name=STEP_PROGRESS)
+    def retrying(self, progress: StepProgress) -> None:
+        """A call's activity retrying (only retries signal): the query and details say so."""
+        if progress.attempt is not None:
+            self._attempt = progress.attempt if progress.attempt > 1 else None
+            self._show()
+
+    def _show(self) -> None:
+        """The Web UI's current details of this step: its call, tokens and tool calls so far."""
+        loop = self._loop
+        retrying = f" · RETRYING (attempt {self._attempt})" if self._attempt else ""
+        workflow.set_current_details(
+            f"model call {max(loop.next_call, 1)}/{self._max_model_calls}{retrying} · "
+            f"{loop.usage.total_tokens:,} tokens · {loop.tool_calls} tool calls"
+        )
 
     @workflow.run
     async def run(self, input: AgentStepInput) -> AgentStepResult:
         step = input.step
+        self._max_model_calls = step.max_model_calls
+        self._by_query = workflow.patched(PROGRESS_BY_QUERY_PATCH)
         if input.carried is None:
             self._loop = AgentLoopState(
                 messages=[
@@ -142,14 +188,20 @@ class AgentStepWorkflow:
         """
         return (
             workflow.info().is_continue_as_new_suggested()
-            and conversation_size(self._loop.messages) <= MAX_CONVERSATION_BYTES
+            and conversation_size(self._unstored()) <= MAX_CONVERSATION_BYTES
             and workflow.patched(CONTINUE_AS_NEW_PATCH)
         )
 
     async def _continue_as_new(self, input: AgentStepInput) -> NoReturn:
         """Go on in a new run with the loop state so far; its `next_call` is next."""
         await workflow.wait_condition(lambda: not self._reports)  # progress reports sent
-        carried = self._loop.model_copy(update={"runs": self._loop.runs + 1})
+        loop = self._loop
+        carried = loop.model_copy(update={"runs": loop.runs + 1})
+        if loop.stored and not input.keep_transcript:
+            # The stored messages stay behind: the next run names them, as calls do.
+            carried = carried.model_copy(
+                update={"messages": self._unstored(), "offset": loop.stored_count}
+            )
         workflow.logger.info(
             "continuing as new before model call %d: run %d of the chain",
             carried.next_call,
@@ -168,6 +220,11 @@ class AgentStepWorkflow:
             )
         )
 
+    def _unstored(self) -> list[ChatMessage]:
+        """The messages no worker has stored yet: what the next call carries in history."""
+        loop = self._loop
+        return loop.messages[loop.stored_count - loop.offset :] if loop.stored else loop.messages
+
     def _fail(self, message: str, error_type: str) -> NoReturn:
         """Fail the step for good; the details give the pipeline the model and tokens so far."""
         raise ApplicationError(
@@ -185,14 +242,20 @@ class AgentStepWorkflow:
         parent = workflow.info().parent
         return parent.workflow_id if parent else None
 
+    def _report_to(self) -> str | None:
+        """Where a retrying activity reports: this workflow (`retrying`), or the pipeline."""
+        return workflow.info().workflow_id if self._by_query else self._pipeline_id()
+
     def _report_progress(self, progress: StepProgress) -> None:
         """Tell the pipeline which model call is starting, for its `status` query.
 
         Fire and forget: the signal goes out with the activity's command in the same
         workflow task, so the call never waits for it.
         """
+        self._attempt = None if progress.model_call is not None else self._attempt
+        self._show()
         parent = self._pipeline_id()
-        if parent is None or not workflow.patched(PROGRESS_PATCH):
+        if self._by_query or parent is None or not workflow.patched(PROGRESS_PATCH):
             return
         handle = workflow.get_external_workflow_handle(parent)
 
@@ -209,7 +272,7 @@ class AgentStepWorkflow:
     async def _call_model(self, input: AgentStepInput, number: int) -> ModelCallOutput:
         step = input.step
         loop = self._loop
-        size = conversation_size(loop.messages)
+        size = conversation_size(self._unstored())
         if size > MAX_CONVERSATION_BYTES:
             # Past Temporal's payload limit the call could never be scheduled; fail clearly instead.
             self._fail(
@@ -223,18 +286,24 @@ class AgentStepWorkflow:
                 step=step.id, model_call=number, usage=loop.usage, tool_calls=loop.tool_calls
             )
         )
+        # Once a worker stored the conversation, a call sends only what came since.
+        sent = loop.offset + len(loop.messages)
+        tail = loop.messages[loop.stored_count - loop.offset :] if loop.stored else None
         try:
             reply = await workflow.execute_activity(
                 MODEL_CALL_ACTIVITY,
                 ModelCallInput(
                     step_id=step.id,
                     model=step.model,
-                    messages=loop.messages,
+                    messages=[] if loop.stored else loop.messages,
+                    prior=loop.stored,
+                    tail=tail,
+                    max_conversation_bytes=step.max_conversation_bytes,
                     tools=step.tools,
                     parallel_tool_calls=step.tool_calls == "parallel",
                     output_schema=step.output_schema,
                     call_number=number,
-                    report_to=self._pipeline_id(),
+                    report_to=self._report_to(),
                 ),
                 result_type=ModelCallOutput,
                 summary=f"{step.id} · model call {number}/{step.max_model_calls}",
@@ -249,6 +318,8 @@ class AgentStepWorkflow:
             self._fail(f"model call {number} failed: {failure.message}", failure.error_type)
         loop.usage = loop.usage.plus(reply.usage)
         loop.model = reply.model
+        if reply.stored:
+            loop.stored, loop.stored_count = reply.stored, sent
         if reply.tool_calls:
             # Its tools may run for long: the pipeline's tokens so far include this call now.
             self._report_progress(
@@ -293,22 +364,34 @@ class AgentStepWorkflow:
         self, input: AgentStepInput, number: int, index: int, call: PlannedToolCall
     ) -> ChatMessage:
         step = input.step
+        request = ToolCallInput(
+            step_id=step.id,
+            tool=call.name,
+            args=call.arguments,
+            # By position, not the model's call id: models repeat ids, keys must not.
+            idempotency_key=f"{input.idempotency_prefix}/call-{number}.{index}",
+            report_to=self._report_to(),
+        )
+        routed = tool_call_queue(input.routing, call.name)
         try:
-            result: ToolCallOutput = await workflow.execute_activity(
-                tool_activity_name(call.name),
-                ToolCallInput(
-                    step_id=step.id,
-                    tool=call.name,
-                    args=call.arguments,
-                    # By position, not the model's call id: models repeat ids, keys must not.
-                    idempotency_key=f"{input.idempotency_prefix}/call-{number}.{index}",
-                    report_to=self._pipeline_id(),
-                ),
-                result_type=ToolCallOutput,
-                summary=f"{step.id} · tool {call.name}",
-                **activity_options(input.tool_retry, input.tool_timeout),
-                **tool_call_queue(input.routing, call.name),
-            )
+            if call.name in step.local_tools and not routed:
+                # Run by this worker inside the workflow task: no activity task round trip.
+                result: ToolCallOutput = await workflow.execute_local_activity(
+                    tool_activity_name(call.name),
+                    request,
+                    result_type=ToolCallOutput,
+                    summary=f"{step.id} · tool {call.name} (local)",
+                    **local_activity_options(input.tool_retry, input.tool_timeout),
+                )
+            else:
+                result = await workflow.execute_activity(
+                    tool_activity_name(call.name),
+                    request,
+                    result_type=ToolCallOutput,
+                    summary=f"{step.id} · tool {call.name}",
+                    **activity_options(input.tool_retry, input.tool_timeout),
+                    **routed,
+                )
         except ActivityError as err:
             cause: Any = err.cause
             if isinstance(cause, CancelledError):

@@ -99,6 +99,23 @@ class StepInput(BaseModel):
     value: Any = None
 
 
+AGENT_PROGRESS_QUERY = "stepflow_agent_progress"
+"""An agent step's child answers it: where its loop is (the client adds it to `status`)."""
+
+
+class AgentProgress(BaseModel):
+    """A running agent step's loop, as its own workflow knows it."""
+
+    model_call: int = Field(description="The model call running or last made (from 1).")
+    max_model_calls: int
+    usage: TokenUsage = Field(description="Tokens of the calls answered so far.")
+    tool_calls: int = Field(description="Tool calls made so far.")
+    model: str | None = Field(default=None, description="The model that answered last.")
+    attempt: int | None = Field(
+        default=None, description="The attempt of a call now retrying (> 1), else None."
+    )
+
+
 class StepProgress(BaseModel):
     """Stepflow's own report to a pipeline about one of its running steps."""
 

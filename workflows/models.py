@@ -11,7 +11,7 @@ fields: running workflows replay against these shapes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +32,7 @@ from stepflow.workflows.spec import STEP_ID_PATTERN as STEP_ID_PATTERN
 from stepflow.workflows.spec import ActivityStepBase as ActivityStepBase
 from stepflow.workflows.spec import AgentStep as AgentStep
 from stepflow.workflows.spec import ApprovalStep as ApprovalStep
+from stepflow.workflows.spec import CacheSpec as CacheSpec
 from stepflow.workflows.spec import ContextMode as ContextMode
 from stepflow.workflows.spec import Fallback as Fallback
 from stepflow.workflows.spec import ForEachFields as ForEachFields
@@ -51,6 +52,7 @@ from stepflow.workflows.spec import StepBase as StepBase
 from stepflow.workflows.spec import StepDefaults as StepDefaults
 from stepflow.workflows.spec import TimeoutSpec as TimeoutSpec
 from stepflow.workflows.spec import ToolStep as ToolStep
+from stepflow.workflows.spec import effective_cache as effective_cache
 from stepflow.workflows.spec import effective_retry as effective_retry
 from stepflow.workflows.spec import effective_timeout as effective_timeout
 from stepflow.workflows.spec import model_call_retry as model_call_retry
@@ -171,6 +173,10 @@ class PipelineInput(BaseModel):
     reuse: Reuse | None = Field(
         default=None, description="A rerun: the steps it takes over from the run it reruns."
     )
+    no_cache: bool = Field(
+        default=False,
+        description="`stepflow run --no-cache`: steps compute afresh, and keep the result.",
+    )
 
 
 class PipelineResult(BaseModel):
@@ -247,6 +253,18 @@ class ModelCallInput(BaseModel):
     report_to: str | None = Field(
         default=None, description="The pipeline to tell about retries (agent steps' parent)."
     )
+    prior: str | None = Field(
+        default=None,
+        description="The key of the conversation so far, which an earlier call stored "
+        "(`activities.conversation_store`); then `messages` is empty and `tail` holds the "
+        "messages added since. Empty `messages` make a worker that predates this fail loudly.",
+    )
+    tail: list[ChatMessage] | None = Field(
+        default=None, description="With `prior`: the messages added since it was stored."
+    )
+    max_conversation_bytes: int | None = Field(
+        default=None, description="The step's bound on the whole conversation (JSON bytes)."
+    )
 
 
 class PlannedToolCall(BaseModel):
@@ -273,6 +291,11 @@ class ModelCallOutput(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     model: str = Field(description="The model that answered; `offline` for the built-in one.")
     attempt: int = 1
+    stored: str | None = Field(
+        default=None,
+        description="The key of the conversation this call was given, now stored: the next "
+        "call names it instead of sending it again. None: the worker keeps none.",
+    )
 
     @property
     def is_final(self) -> bool:
@@ -295,6 +318,16 @@ class AgentLoopState(BaseModel):
     tool_calls: int = 0
     repairs: int = 0
     runs: int = Field(default=1, description="Runs of the step's chain before the one this starts.")
+    stored: str | None = Field(
+        default=None,
+        description="The key of the conversation stored so far (see `ModelCallInput`).",
+    )
+    stored_count: int = Field(default=0, description="Messages that stored conversation holds.")
+    offset: int = Field(
+        default=0,
+        description="The number of the first message in `messages`: a run that continued as new "
+        "leaves the stored ones behind.",
+    )
 
 
 AgentCarry = AgentLoopState
@@ -339,6 +372,38 @@ class AgentStepResult(BaseModel):
     )
 
 
+class CacheLookup(BaseModel):
+    """Is a fresh result kept for what determines this step's result?"""
+
+    step_id: str
+    kind: str = Field(description="`tool` or `agent`: the worker adds what it alone knows.")
+    material: dict[str, Any] = Field(description="What determines the result; hashed, not kept.")
+    ttl: timedelta
+    refresh: bool = Field(
+        default=False, description="`--no-cache`: only the key; the result is computed afresh."
+    )
+
+
+class CacheAnswer(BaseModel):
+    key: str = Field(description="The entry's key, for storing the result on a miss.")
+    hit: bool
+    output: Any = None
+    source_run: str | None = None
+    stored_at: datetime | None = None
+
+
+class CacheStore(BaseModel):
+    """Keep a step's result under `key` until `ttl` from now."""
+
+    step_id: str
+    key: str
+    output: Any
+    source_run: str
+    ttl: timedelta
+
+
+CACHE_LOOKUP_ACTIVITY = "stepflow_cache_lookup"
+CACHE_STORE_ACTIVITY = "stepflow_cache_store"
 MODEL_CALL_ACTIVITY = "model_call"
 AGENT_STEP_WORKFLOW = "stepflow_agent_step"
 OFFLINE_MODEL = "offline"

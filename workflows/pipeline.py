@@ -62,7 +62,12 @@ from stepflow.workflows.steps import (
 from stepflow.workflows.steps.agent import agent_workflow_id
 from stepflow.workflows.steps.children import PIPELINE_WORKFLOW as _CHILD_TYPE
 from stepflow.workflows.templates import Scope, TemplateError, render
-from stepflow.workflows.validation import SpecError, check_pipeline, outside_output_schema_refs
+from stepflow.workflows.validation import (
+    SpecError,
+    check_pipeline,
+    outside_output_schema_refs,
+    resolve_inputs,
+)
 from stepflow.workflows.visibility import RunVisibility
 
 PIPELINE_WORKFLOW = "stepflow_pipeline"
@@ -164,7 +169,7 @@ class PipelineWorkflow:
         """History length of the workflow task that last accepted an update."""
         self._routing = input.routing
         self._payload_store = input.payload_store
-        self._visibility = RunVisibility(spec, input.carried.records if input.carried else ())
+        self._visibility = RunVisibility(spec, self.state)
         run_control.register(
             self
         )  # before any handler runs: a cancel_step in the first task settles
@@ -177,13 +182,18 @@ class PipelineWorkflow:
             # Only a spec that has such a `$ref` asks: a patch marker costs every run events.
             refuse_refs = outside_output_schema_refs(spec) and workflow.patched(SCHEMA_REFS_PATCH)
             scope = self._scope
-            inputs = check_pipeline(
-                spec,
-                input.inputs,
-                output_schema_refs=refuse_refs,
-                outside=tuple(scope.outputs) if scope else (),
-                in_loop=scope is not None and scope.loop is not None,
-            )
+            if input.carried is None:
+                inputs = check_pipeline(
+                    spec,
+                    input.inputs,
+                    output_schema_refs=refuse_refs,
+                    outside=tuple(scope.outputs) if scope else (),
+                    in_loop=scope is not None and scope.loop is not None,
+                )
+            else:
+                # The chain's first run checked this very spec: a continued run of 10,000
+                # steps checking it again took 610 ms of its first workflow task.
+                inputs = resolve_inputs(spec, input.inputs)
         except SpecError as err:
             # A user mistake never heals: fail the run now instead of retrying the task.
             message = f"invalid pipeline {spec.name!r}:\n{err}"
@@ -202,6 +212,7 @@ class PipelineWorkflow:
             outside_skipped=frozenset(self._scope.skipped) if self._scope else frozenset(),
             loop=self._scope.loop if self._scope else None,
             reuse_inside=dict(input.reuse.inside) if input.reuse else {},
+            no_cache=input.no_cache,
         )
         try:
             self._resume_waiting(ctx)
@@ -249,7 +260,7 @@ class PipelineWorkflow:
             return
         for step_id in self._scheduler.start_ready():
             record = self.state.record(step_id)
-            record.status = StepStatus.RUNNING
+            self.state.set_status(record, StepStatus.RUNNING)
             record.started_at = workflow.now()
             self._tasks[step_id] = asyncio.create_task(self._run_step(ctx, self.steps[step_id]))
 
@@ -268,7 +279,7 @@ class PipelineWorkflow:
         """After a step ended: release its dependents, or skip them if it did not succeed."""
         for skipped, reason in self._scheduler.settle(step_id, self.state.record(step_id).status):
             record = self.state.record(skipped)
-            record.status = StepStatus.SKIPPED
+            self.state.set_status(record, StepStatus.SKIPPED)
             record.reason = reason
 
     def _slot_takers(self) -> list[str]:
@@ -287,13 +298,13 @@ class PipelineWorkflow:
                 await task
             except asyncio.CancelledError:
                 record = self.state.record(step_id)
-                record.status = StepStatus.CANCELLED
+                self.state.set_status(record, StepStatus.CANCELLED)
                 record.reason = reason
                 record.ended_at = workflow.now()
         self._tasks.clear()
         for step_id in self._scheduler.stop():
             record = self.state.record(step_id)
-            record.status = StepStatus.SKIPPED
+            self.state.set_status(record, StepStatus.SKIPPED)
             record.reason = reason
 
     def _cancel_running(self, step_id: str) -> None:
@@ -325,7 +336,7 @@ class PipelineWorkflow:
             try:
                 if step.when is not None and not per_item_condition(step):
                     if not ctx.condition(step, step.when):
-                        record.status = StepStatus.SKIPPED
+                        self.state.set_status(record, StepStatus.SKIPPED)
                         record.reason = "condition false"
                         record.ended_at = workflow.now()
                         return
@@ -379,7 +390,7 @@ class PipelineWorkflow:
     def _cancel_pending(self, step_id: str, comment: str | None) -> None:
         """Not started yet: it never will. on_failure decides what its dependents do."""
         record = self.state.record(step_id)
-        record.status = StepStatus.CANCELLED
+        self.state.set_status(record, StepStatus.CANCELLED)
         record.error = cancel_message(comment)
         record.error_type = str(ErrorType.CANCELLED)
         record.comment = comment
@@ -465,10 +476,10 @@ class PipelineWorkflow:
     # -- what the Web UI and visibility show ----------------------------------------------
 
     def _run_status(self) -> RunStatus:
-        return self._ended or live_status(self.state.records, self.state.paused)
+        return self._ended or live_status(self.state.count(StepStatus.WAITING), self.state.paused)
 
     def publish(self) -> None:
-        self._visibility.publish(self._run_status(), self.state.records)
+        self._visibility.publish(self._run_status())
 
     def _end(self, status: RunStatus, error: str | None) -> None:
         self._ended = status

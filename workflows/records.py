@@ -31,6 +31,9 @@ class StepStatus(StrEnum):
     """A rerun took the step's output from the run it reruns (`reused_from`)."""
 
 
+QUIET = frozenset({StepStatus.PENDING, StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.REUSED})
+"""Statuses of steps a big run's details leave out: nothing to look at."""
+
 WITH_OUTPUT = frozenset({StepStatus.SUCCEEDED, StepStatus.REUSED})
 """Statuses of a step whose output its dependents read: it succeeded, here or in the run a
 rerun took it from."""
@@ -101,6 +104,12 @@ class StepRecord(BaseModel):
     )
     reused_from: str | None = Field(
         default=None, description="REUSED steps: the workflow id of the run the output is from."
+    )
+    cached: bool = Field(
+        default=False, description="The output came from the result cache: nothing was called."
+    )
+    cached_from: str | None = Field(
+        default=None, description="Cached steps: the workflow id of the run that computed it."
     )
 
     @property

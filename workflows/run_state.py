@@ -10,13 +10,21 @@ The JSON is the one runs have always carried (`PipelineInput.carried`, once
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr, field_serializer
 
-from stepflow.workflows.records import WITH_OUTPUT, ChatMessage, StepRecord, StepStatus, TokenUsage
+from stepflow.workflows.records import (
+    QUIET,
+    WITH_OUTPUT,
+    ChatMessage,
+    StepRecord,
+    StepStatus,
+    TokenUsage,
+)
 
 if TYPE_CHECKING:
     from stepflow.workflows.control import StepProgress
@@ -49,10 +57,54 @@ class RunState(BaseModel):
     _index: dict[str, StepRecord] = PrivateAttr(default_factory=dict)
     _succeeded: dict[str, None] = PrivateAttr(default_factory=dict)
     """Succeeded steps in the order they succeeded: `context: full` shows outputs so."""
+    _counts: Counter[StepStatus] = PrivateAttr(default_factory=Counter)
+    _active: dict[str, None] = PrivateAttr(default_factory=dict)
+    """Steps worth a look (running, waiting, failed): what big runs' details list."""
+    _listeners: list[Callable[[StepRecord], None]] = PrivateAttr(default_factory=list)
+    _position: dict[str, int] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
         self._index = {r.id: r for r in self.records}
         self._succeeded = {r.id: None for r in self.records if r.status in WITH_OUTPUT}
+        self._counts = Counter(r.status for r in self.records)
+        self._active = {r.id: None for r in self.records if r.status not in QUIET}
+        self._listeners = []
+        self._position = {r.id: i for i, r in enumerate(self.records)}
+
+    # -- statuses: every change goes through `set_status`, so counts cost O(1) a step -----
+
+    def set_status(self, record: StepRecord, status: StepStatus) -> None:
+        """`record` (one of this run's) is now in `status`; the counts follow."""
+        old = record.status
+        if old is status:
+            return
+        record.status = status
+        self._counts[old] -= 1
+        self._counts[status] += 1
+        if status in QUIET:
+            self._active.pop(record.id, None)
+        else:
+            self._active[record.id] = None
+        for listener in self._listeners:
+            listener(record)
+
+    def on_status(self, listener: Callable[[StepRecord], None]) -> None:
+        """Call `listener` with each record whose status changes from now on."""
+        self._listeners.append(listener)
+
+    @property
+    def counts(self) -> dict[StepStatus, int]:
+        """Steps by status (the statuses some step is in)."""
+        return {status: n for status, n in self._counts.items() if n}
+
+    def count(self, status: StepStatus) -> int:
+        return self._counts[status]
+
+    def active(self) -> list[StepRecord]:
+        """The steps worth a look, in spec order: running, retrying, waiting, failed."""
+        return sorted(
+            (self._index[sid] for sid in self._active), key=lambda r: self._position[r.id]
+        )
 
     @field_serializer("records")
     def _compact(self, records: list[StepRecord]) -> list[dict[str, Any]]:
@@ -112,13 +164,13 @@ class RunState(BaseModel):
 
     def succeed(self, record: StepRecord, output: Any) -> None:
         """`record` succeeded with `output` (its own, or its fallback)."""
-        record.status = StepStatus.SUCCEEDED
+        self.set_status(record, StepStatus.SUCCEEDED)
         record.output = output
         self._succeeded[record.id] = None
 
     def fail(self, record: StepRecord, failure: StepFailure) -> None:
         """`record`'s step failed for good (before its `on_failure` applies)."""
-        record.status = failure.status
+        self.set_status(record, failure.status)
         record.error = failure.message
         record.error_type = str(failure.error_type)
         record.attempts = failure.attempts
@@ -136,12 +188,14 @@ class RunState(BaseModel):
         record = self._index.get(progress.step)
         if record is None or record.status not in (StepStatus.RUNNING, StepStatus.RETRYING):
             return False  # late: the step has ended
+        if record.items is not None:
+            return False  # one instance of a for_each: the step counts its instances' ends
         if progress.model_call is not None:
             if progress.model_call < (record.model_call or 0):
                 return False  # a retry report of an earlier call, overtaken by the next call
             if progress.model_call > (record.model_call or 0):
                 record.model_call = progress.model_call
-                record.status = StepStatus.RUNNING
+                self.set_status(record, StepStatus.RUNNING)
                 record.attempts = 1
         if progress.usage is not None:
             record.usage = progress.usage
@@ -149,7 +203,9 @@ class RunState(BaseModel):
             record.tool_calls = progress.tool_calls
         if progress.attempt is not None:
             record.attempts = progress.attempt
-            record.status = StepStatus.RETRYING if progress.attempt > 1 else StepStatus.RUNNING
+            self.set_status(
+                record, StepStatus.RETRYING if progress.attempt > 1 else StepStatus.RUNNING
+            )
         return True
 
     def output(self, step_id: str) -> Any:

@@ -92,12 +92,30 @@ OnFailure = Literal["fail", "continue"] | Fallback
 """`fail` ends the pipeline, `continue` skips the step's dependents, a fallback stands in."""
 
 
+class CacheSpec(SpecModel):
+    """`cache: {ttl: 7d}`: a step's result is kept across runs and taken again while fresh.
+
+    The key is a hash of what determines the result: a tool's name, version and
+    arguments; an agent's model, instructions, input, tools, output schema and the
+    outputs it sees. Failures are never kept.
+    """
+
+    ttl: PositiveDuration = Field(description="How long a kept result may be taken again.")
+
+
+StepCache = CacheSpec | Literal[False]
+"""`cache: {ttl: ...}` keeps the step's result; `cache: false` never looks (over `defaults`)."""
+
+
 class StepDefaults(SpecModel):
     """Pipeline-wide retry and timeout settings; a step overrides them field by field."""
 
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Every step's retry policy.")
     timeout: TimeoutSpec = Field(
         default_factory=TimeoutSpec, description="Every step's activity timeouts."
+    )
+    cache: CacheSpec | None = Field(
+        default=None, description="Tool and agent steps' result cache (`{ttl: 7d}`); absent: none."
     )
 
 
@@ -191,6 +209,10 @@ class ToolStep(ActivityStepBase, ForEachFields):
         default_factory=dict,
         description="Keyword arguments; strings may hold {{ inputs.X }} or {{ steps.ID.output }}.",
     )
+    cache: StepCache | None = Field(
+        default=None,
+        description="Keep the result across runs (`{ttl: 7d}`), or `false` to never look.",
+    )
 
 
 OutputSchema = dict[str, Any] | str
@@ -218,6 +240,12 @@ class AgentStep(ActivityStepBase, ForEachFields):
     tools: list[str] = Field(
         default_factory=list, description="The only registered tools this step may call."
     )
+    local_tools: list[str] = Field(
+        default_factory=list,
+        description="Of `tools`, the short ones (well under the worker's workflow task timeout, "
+        "10 s) to run as local activities: a turn without a round trip through the server. A "
+        "worker that dies before the turn is recorded runs such a call again.",
+    )
     max_model_calls: int = Field(
         default=10, ge=1, le=1000, description="The step fails when it has made this many calls."
     )
@@ -230,6 +258,16 @@ class AgentStep(ActivityStepBase, ForEachFields):
     )
     max_output_repairs: int = Field(
         default=2, ge=0, le=20, description="Invalid answers sent back to the model to fix."
+    )
+    max_conversation_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="The step fails (`ConversationTooLarge`) before a call whose conversation "
+        "is larger; default: about 4 bytes a token of the model's `context_tokens`, if set.",
+    )
+    cache: StepCache | None = Field(
+        default=None,
+        description="Keep the final answer across runs (`{ttl: 7d}`), or `false` to never look.",
     )
     model_retry: RetrySpec | None = None
     model_timeout: TimeoutSpec | None = None
@@ -406,6 +444,13 @@ def _layered(*layers: BaseModel | None) -> dict[str, Any]:
                 }
             )
     return merged
+
+
+def effective_cache(step: ToolStep | AgentStep, defaults: StepDefaults) -> CacheSpec | None:
+    """The step's cache settings: its own, else the pipeline's; `false` turns it off."""
+    if step.cache is False:
+        return None
+    return step.cache or defaults.cache
 
 
 def effective_retry(step: ActivityStepBase, defaults: StepDefaults) -> RetrySpec:

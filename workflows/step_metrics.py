@@ -8,8 +8,6 @@ again the steps it took over. With the worker's metrics off the meter is a no-op
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from temporalio import workflow
 from temporalio.common import MetricCounter
 
@@ -24,33 +22,38 @@ FINAL = frozenset(
         StepStatus.TIMED_OUT,
         StepStatus.SKIPPED,
         StepStatus.CANCELLED,
+        StepStatus.REUSED,
     }
 )
 
 
 class StepCounter:
-    """Counts each step of one pipeline run once, when it has reached a final status."""
+    """Counts each step of one pipeline run once, when it reaches a final status.
 
-    def __init__(self, pipeline: str, taken_over: Iterable[StepRecord] = ()) -> None:
-        """`taken_over`: the records a continued run starts with, counted by the run before."""
+    Told of each status change (`RunState.on_status`), so a step costs O(1) however
+    many the run has; the steps a continued run takes over ended in the run before,
+    which counted them, and change no more.
+    """
+
+    def __init__(self, pipeline: str) -> None:
         self._pipeline = pipeline
-        self._counted = {r.id for r in taken_over if r.status in FINAL}
+        self._counted: set[str] = set()
         self._counter: MetricCounter | None = None
 
-    def count(self, records: Iterable[StepRecord]) -> None:
-        """Count the steps among `records` that ended since the last call."""
-        for record in records:
-            if record.status in FINAL and record.id not in self._counted:
-                self._counted.add(record.id)
-                if self._counter is None:
-                    self._counter = workflow.metric_meter().create_counter(
-                        STEPS_METRIC, "Steps that reached a final status, by pipeline and kind."
-                    )
-                self._counter.add(
-                    1,
-                    {
-                        "pipeline": self._pipeline,
-                        "kind": record.kind,
-                        "status": record.status.value.lower(),
-                    },
-                )
+    def count(self, record: StepRecord) -> None:
+        """`record`'s status changed (`RunState.on_status`): count it if final now, once."""
+        if record.status not in FINAL or record.id in self._counted:
+            return
+        self._counted.add(record.id)
+        if self._counter is None:
+            self._counter = workflow.metric_meter().create_counter(
+                STEPS_METRIC, "Steps that reached a final status, by pipeline and kind."
+            )
+        self._counter.add(
+            1,
+            {
+                "pipeline": self._pipeline,
+                "kind": record.kind,
+                "status": record.status.value.lower(),
+            },
+        )

@@ -173,6 +173,10 @@ def _steps_issues(
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
                 issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
+            for tool in [t for t in step.local_tools if t not in step.tools]:
+                issues.append(
+                    SpecIssue(f"tool {tool!r} is not in the step's tools", step.id, "local_tools")
+                )
         # `fail` is what happens anyway (and what runs recorded before it was optional carry).
         if isinstance(step, ApprovalStep) and not step.timeout and step.on_timeout in _DECIDES:
             issues.append(SpecIssue("has no effect without a timeout", step.id, "on_timeout"))

@@ -6,12 +6,11 @@ ride along: they are not commands, so history is the same with or without them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from temporalio import workflow
 
 from stepflow.workflows.control import PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, RunStatus
-from stepflow.workflows.models import PipelineSpec, StepRecord
+from stepflow.workflows.models import PipelineSpec
+from stepflow.workflows.run_state import RunState
 from stepflow.workflows.run_view import details_markdown
 from stepflow.workflows.step_metrics import StepCounter
 
@@ -19,11 +18,13 @@ from stepflow.workflows.step_metrics import StepCounter
 class RunVisibility:
     """One run's memo, current details and `StepflowStatus` search attribute."""
 
-    def __init__(self, spec: PipelineSpec, taken_over: Iterable[StepRecord] = ()) -> None:
+    def __init__(self, spec: PipelineSpec, state: RunState) -> None:
         self._pipeline = spec.name
         self._keep_attributes = False
         self._published: RunStatus | None = None
-        self._step_counter = StepCounter(spec.name, taken_over)
+        self._state = state
+        # A metric, not a command: each step counted as it reaches a final status.
+        state.on_status(StepCounter(spec.name).count)
 
     def start(self, spec: PipelineSpec) -> None:
         """Memo for runs started without one; search attributes only where the start set them.
@@ -39,12 +40,19 @@ class RunVisibility:
         published = attributes.get(STATUS_ATTRIBUTE)
         self._published = RunStatus(published) if published in set(RunStatus) else None
 
-    def publish(self, status: RunStatus, records: list[StepRecord]) -> None:
+    def publish(self, status: RunStatus) -> None:
         """Refresh the current details and, when it changed, the StepflowStatus attribute."""
+        state = self._state
         workflow.set_current_details(
-            details_markdown(self._pipeline, status, records, workflow.now())
+            details_markdown(
+                self._pipeline,
+                status,
+                state.records,
+                workflow.now(),
+                tally=state.counts,
+                active=state.active,
+            )
         )
-        self._step_counter.count(records)  # a metric, not a command: history is the same
         if self._keep_attributes and status != self._published:
             workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(status.value)])
             self._published = status

@@ -158,7 +158,12 @@ def pipeline_page() -> str:
 def pipeline_markdown(schema: dict[str, Any]) -> str:
     """The pipeline format page from the JSON Schema of `PipelineSpec` (or a model like it)."""
     schema = dict(schema)
-    definitions: dict[str, dict[str, Any]] = schema.pop("$defs", {})
+    definitions: dict[str, dict[str, Any]] = dict(schema.pop("$defs", {}))
+    root = schema.pop("$ref", None)
+    if isinstance(root, str) and root.startswith("#/$defs/"):
+        # A recursive model (a loop's body and a sub-pipeline hold steps, and pipelines): the
+        # schema's root is a `$ref` to its own definition, which heads the page.
+        schema = {**definitions.pop(root.removeprefix("#/$defs/")), **schema}
     parts = [
         GENERATED_NOTE.format(source="the pipeline models' JSON Schema"),
         "# Pipeline file format\n\n",
@@ -167,7 +172,8 @@ def pipeline_markdown(schema: dict[str, Any]) -> str:
         "description, comes from the models' JSON Schema, the one `stepflow schema` prints for "
         "editors. Durations are written `250ms`, `30s`, `5m`, `2h`, `1h30m`. Strings in `args`, "
         "`input`, `instructions` and `message` may hold `{{ inputs.NAME }}` and "
-        "`{{ steps.ID.output }}` references.\n\n",
+        "`{{ steps.ID.output }}` references (and `{{ item }}`, `{{ index }}`, `{{ loop.* }}` "
+        "where they exist: see [Control flow](../guides/control-flow.md)).\n\n",
         model_section(schema.get("title", "PipelineSpec"), schema),
     ]
     steps = schema["properties"]["steps"]["items"]

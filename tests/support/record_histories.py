@@ -15,6 +15,11 @@ stand for the runs still in flight.
 A workflow that continued as new is saved run by run: `NAME.json` is the first
 run, `NAME.run2.json` the next, and so on (children likewise). The scenarios in
 `LOW_LIMIT` run on a server of their own that suggests continuing as new early.
+
+Children are saved at every depth, named by their id below the run's, `/` read
+as `.`: an agent step `NAME.plan.json`, a for_each instance
+`NAME.research[0].json`, a loop's second iteration `NAME.revise.2.json` and the
+agent step in it `NAME.revise.2.review.json`, a sub-pipeline `NAME.translate.json`.
 """
 
 from __future__ import annotations
@@ -255,6 +260,10 @@ SCENARIOS: dict[str, Scenario] = {
     "example-research-report": _example("examples/research_report.yaml"),
     "example-code-task": _example("examples/code_task.yaml"),
     "example-release-notes": release_notes,
+    # Control flow: a for_each over a plan, a review loop (recorded @control-flow, next to the
+    # research report's first history), if/else branches, a join and a sub-pipeline.
+    "example-triage": _example("examples/triage.yaml"),
+    "example-translate": _example("examples/translate.yaml"),
     "continue-as-new": continue_as_new,
 }
 
@@ -286,18 +295,19 @@ def _recorded(name: str) -> bool:
     return (HISTORIES / f"{name}.json").exists()
 
 
-async def _save(client: Client, name: str, workflow_id: str) -> list[Path]:
+async def _save(client: Client, name: str, workflow_id: str, suffix: str = "") -> list[Path]:
+    """Save every run of `workflow_id`, then its children's, at every depth."""
     written = []
     runs = await _runs(client, workflow_id)
-    for suffix, wf_id in [("", workflow_id)] + [
-        (f".{child.rsplit('/', 1)[-1]}", child) for child in _children(runs)
-    ]:
-        for number, history in enumerate(await _runs(client, wf_id), start=1):
-            path = HISTORIES / f"{name}{suffix}{'' if number == 1 else f'.run{number}'}.json"
-            # The id goes with the history: a child's commands name children by the parent's id.
-            saved = {"workflow_id": wf_id, "history": history.to_json_dict()}
-            path.write_text(json.dumps(saved, indent=1) + "\n")
-            written.append(path)
+    for number, history in enumerate(runs, start=1):
+        path = HISTORIES / f"{name}{suffix}{'' if number == 1 else f'.run{number}'}.json"
+        # The id goes with the history: a child's commands name children by the parent's id.
+        saved = {"workflow_id": workflow_id, "history": history.to_json_dict()}
+        path.write_text(json.dumps(saved, indent=1) + "\n")
+        written.append(path)
+    for child in dict.fromkeys(_children(runs)):  # a child id once, in the order they started
+        below = child.removeprefix(f"{workflow_id}/").replace("/", ".")
+        written += await _save(client, name, child, f"{suffix}.{below}")
     return written
 
 

@@ -15,12 +15,14 @@ from stepflow.workflows.models import (
     AgentStepInput,
     AgentStepResult,
     StepRecord,
+    effective_cache,
     model_call_retry,
     model_call_timeout,
     tool_call_retry,
     tool_call_timeout,
 )
 from stepflow.workflows.steps.base import StepContext, idempotency_key
+from stepflow.workflows.steps.cache import cached
 
 
 def agent_workflow_id(step_id: str) -> str:
@@ -31,13 +33,32 @@ def agent_workflow_id(step_id: str) -> str:
 class AgentRunner:
     async def run(self, ctx: StepContext, step: AgentStep, record: StepRecord, resume: bool) -> Any:
         record.max_model_calls = step.max_model_calls
-        agent = await self.call(ctx, step)
-        record.attempts = 1
-        record.model = agent.model
-        record.usage = agent.usage
-        record.tool_calls = agent.tool_calls
-        ctx.state.transcripts.extend(agent.transcript or [])
-        return agent.output
+
+        async def call() -> Any:
+            agent = await self.call(ctx, step)
+            record.attempts = 1
+            record.model_call = agent.usage.model_calls  # the calls it made
+            record.model = agent.model
+            record.usage = agent.usage
+            record.tool_calls = agent.tool_calls
+            ctx.state.transcripts.extend(agent.transcript or [])
+            return agent.output
+
+        if effective_cache(step, ctx.spec.defaults) is None:
+            return await call()
+        # What the agent's answer depends on: what it is told, what it sees, what it may use.
+        material = {
+            "model": step.model,
+            "instructions": ctx.render(step, step.instructions),
+            "input": ctx.render(step, step.input),
+            "context": ctx.dependency_outputs(step)
+            if ctx.spec.context == "dependencies"
+            else ctx.state.outputs(),
+            "tools": sorted(step.tools),
+            "output_schema": step.output_schema,
+            "max_model_calls": step.max_model_calls,
+        }
+        return await cached(ctx, step, record, material, call)
 
     async def call(self, ctx: StepContext, step: AgentStep) -> AgentStepResult:
         spec = ctx.spec

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from temporalio import workflow
 
+from stepflow.workflows.activity_options import activity_options
 from stepflow.workflows.errors import ErrorType, StepFailure
 from stepflow.workflows.expressions import ExpressionError, is_true
 from stepflow.workflows.models import (
@@ -23,10 +24,13 @@ from stepflow.workflows.models import (
     NestedReuse,
     PipelineSpec,
     PipelineStep,
+    RetrySpec,
     StepRecord,
     StepStatus,
     TaskRouting,
     ToolStep,
+    effective_retry,
+    effective_timeout,
 )
 from stepflow.workflows.run_state import RunState
 from stepflow.workflows.templates import Scope, TemplateError, render
@@ -58,7 +62,21 @@ class StepContext:
     item: Any = None
     index: int | None = None
     """Inside one instance of a for_each step: its item and index (from 0)."""
+    no_cache: bool = False
+    """`stepflow run --no-cache`: steps compute afresh (and keep what they computed)."""
     reuse_inside: dict[str, NestedReuse] = field(default_factory=dict)
+    _options: dict[str, tuple[RetrySpec, dict[str, Any]]] = field(default_factory=dict)
+    """A tool step's retry and activity options, worked out once per step, not per call."""
+
+    def activity_options(self, step: ToolStep) -> tuple[RetrySpec, dict[str, Any]]:
+        """The step's retry settings and `execute_activity` options (over the defaults)."""
+        known = self._options.get(step.id)
+        if known is None:
+            retry = effective_retry(step, self.spec.defaults)
+            timeout = effective_timeout(step, self.spec.defaults)
+            known = self._options[step.id] = (retry, activity_options(retry, timeout))
+        return known
+
     """A rerun from a step inside a loop or sub-pipeline: what its child run takes over."""
 
     def instance(self, item: Any, index: int) -> StepContext:

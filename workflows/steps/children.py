@@ -63,6 +63,7 @@ async def run_child(
                 payload_store=ctx.payload_store,
                 scope=scope,
                 reuse=reuse,
+                no_cache=ctx.no_cache,
             ),
             result_type=PipelineResult,
             id=workflow_id,

@@ -31,7 +31,7 @@ class HumanRunner:
         if step.message is not None and record.message is None:
             record.message = str(ctx.render(step, step.message))
         answers = ctx.state.answers
-        record.status = StepStatus.WAITING
+        ctx.state.set_status(record, StepStatus.WAITING)
         record.waiting_for = wanted
         ctx.publish()
         try:
@@ -48,7 +48,7 @@ class HumanRunner:
         finally:
             record.waiting_for = None
         action, value = answers.pop(step.id)
-        record.status = StepStatus.RUNNING
+        ctx.state.set_status(record, StepStatus.RUNNING)
         if action == INPUT:
             return value
         record.comment = value

@@ -8,30 +8,36 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
-from stepflow.workflows.activity_options import activity_options
 from stepflow.workflows.errors import activity_failure
 from stepflow.workflows.models import (
     StepRecord,
     ToolCallInput,
     ToolCallOutput,
     ToolStep,
-    effective_retry,
-    effective_timeout,
     tool_activity_name,
     tool_call_queue,
 )
 from stepflow.workflows.steps.base import StepContext, idempotency_key
+from stepflow.workflows.steps.cache import cached
 
 
 class ToolRunner:
     async def run(self, ctx: StepContext, step: ToolStep, record: StepRecord, resume: bool) -> Any:
-        called = await self.call(ctx, step)
-        record.attempts = called.attempt
-        return called.output
-
-    async def call(self, ctx: StepContext, step: ToolStep) -> ToolCallOutput:
-        retry = effective_retry(step, ctx.spec.defaults)
         args = ctx.render(step, step.args)
+
+        async def call() -> Any:
+            called = await self.call(ctx, step, args)
+            record.attempts = called.attempt
+            return called.output
+
+        return await cached(ctx, step, record, {"tool": step.tool, "args": args}, call)
+
+    async def call(
+        self, ctx: StepContext, step: ToolStep, args: dict[str, Any] | None = None
+    ) -> ToolCallOutput:
+        retry, options = ctx.activity_options(step)
+        if args is None:
+            args = ctx.render(step, step.args)
         try:
             return await workflow.execute_activity(
                 tool_activity_name(step.tool),
@@ -43,7 +49,7 @@ class ToolRunner:
                 ),
                 result_type=ToolCallOutput,
                 summary=f"{ctx.key(step)} · tool {step.tool}",
-                **activity_options(retry, effective_timeout(step, ctx.spec.defaults)),
+                **options,
                 **tool_call_queue(ctx.routing, step.tool),
             )
         except ActivityError as err:
