@@ -90,6 +90,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -148,7 +149,9 @@ with workflow.unsafe.imports_passed_through():
         from pydantic_ai.providers.openai import OpenAIProvider
         from pydantic_ai.toolsets import FunctionToolset
         from pydantic_ai.usage import UsageLimits
-        from temporalio import openai_agents
+
+        # Installed by the `bench` extra into temporalio's namespace: unknown to mypy without it.
+        openai_agents = importlib.import_module("temporalio.openai_agents")
     except ImportError as missing:  # pragma: no cover - a setup problem, said in one line
         raise SystemExit(
             f"bench/agents.py needs the peers: pip install -e '.[bench]' ({missing})"
