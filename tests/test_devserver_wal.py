@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -31,9 +32,21 @@ def journal_mode(db_file: Path) -> str:
         return str(db.execute("PRAGMA journal_mode").fetchone()[0])
 
 
+async def connect_when_healthy(port: int, limit: float = 60) -> Client:
+    """A client, once the server's frontend says it is healthy (it listens a moment before)."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return await Client.connect(f"127.0.0.1:{port}")
+        except RuntimeError as err:
+            if "not healthy" not in str(err) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def start_a_run(port: int) -> str:
     """Write something to the server: a run that waits for a worker that never comes."""
-    client = await Client.connect(f"127.0.0.1:{port}")
+    client = await connect_when_healthy(port)
     workflow_id = f"kept-{uuid.uuid4().hex[:8]}"
     await client.start_workflow("never_served", id=workflow_id, task_queue=workflow_id)
     return workflow_id
