@@ -52,6 +52,7 @@ from stepflow.activities.registry import load_tool_modules
 from stepflow.client.api import (
     ControlRejected,
     PipelineError,
+    PipelineRun,
     RunAlreadyStarted,
     RunNotFound,
     StepflowClient,
@@ -161,15 +162,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     client = await StepflowClient.connect()
     run = await client.start_pipeline(spec, inputs, workflow_id=args.id, no_cache=args.no_cache)
     err.print(f"started {run.workflow_id}")
-    err.print(f"Web UI: {run.ui_url}")
-    if args.no_wait:
-        if args.json:
-            out.print_json(
-                data={"workflow_id": run.workflow_id, "run_id": run.run_id, "ui_url": run.ui_url}
-            )
-        return EXIT_OK
-    result = await _wait_for_result(client, run.workflow_id, run.run_id)
-    return _show(result, args.json)
+    return await _follow(client, run, args)
 
 
 async def cmd_rerun(args: argparse.Namespace) -> int:
@@ -189,6 +182,11 @@ async def cmd_rerun(args: argparse.Namespace) -> int:
         workflow_id=args.id,
     )
     err.print(f"started {run.workflow_id}, a rerun of {args.workflow_id}")
+    return await _follow(client, run, args)
+
+
+async def _follow(client: StepflowClient, run: PipelineRun, args: argparse.Namespace) -> int:
+    """After `run` or `rerun` started a run: its link, then its id (`--no-wait`) or its result."""
     err.print(f"Web UI: {run.ui_url}")
     if args.no_wait:
         if args.json:

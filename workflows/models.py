@@ -23,9 +23,7 @@ from stepflow.workflows.records import StepRecord as StepRecord
 from stepflow.workflows.records import StepStatus as StepStatus
 from stepflow.workflows.records import TokenUsage as TokenUsage
 from stepflow.workflows.run_state import RunState
-from stepflow.workflows.spec import BUILTIN_MODEL_RETRY as BUILTIN_MODEL_RETRY
 from stepflow.workflows.spec import BUILTIN_RETRY as BUILTIN_RETRY
-from stepflow.workflows.spec import DEFAULT_MODEL_HEARTBEAT as DEFAULT_MODEL_HEARTBEAT
 from stepflow.workflows.spec import DEFAULT_START_TO_CLOSE as DEFAULT_START_TO_CLOSE
 from stepflow.workflows.spec import PIPELINE_NAME_PATTERN as PIPELINE_NAME_PATTERN
 from stepflow.workflows.spec import STEP_ID_PATTERN as STEP_ID_PATTERN
@@ -52,13 +50,15 @@ from stepflow.workflows.spec import StepBase as StepBase
 from stepflow.workflows.spec import StepDefaults as StepDefaults
 from stepflow.workflows.spec import TimeoutSpec as TimeoutSpec
 from stepflow.workflows.spec import ToolStep as ToolStep
-from stepflow.workflows.spec import effective_cache as effective_cache
-from stepflow.workflows.spec import effective_retry as effective_retry
-from stepflow.workflows.spec import effective_timeout as effective_timeout
-from stepflow.workflows.spec import model_call_retry as model_call_retry
-from stepflow.workflows.spec import model_call_timeout as model_call_timeout
-from stepflow.workflows.spec import tool_call_retry as tool_call_retry
-from stepflow.workflows.spec import tool_call_timeout as tool_call_timeout
+from stepflow.workflows.step_settings import BUILTIN_MODEL_RETRY as BUILTIN_MODEL_RETRY
+from stepflow.workflows.step_settings import DEFAULT_MODEL_HEARTBEAT as DEFAULT_MODEL_HEARTBEAT
+from stepflow.workflows.step_settings import effective_cache as effective_cache
+from stepflow.workflows.step_settings import effective_retry as effective_retry
+from stepflow.workflows.step_settings import effective_timeout as effective_timeout
+from stepflow.workflows.step_settings import model_call_retry as model_call_retry
+from stepflow.workflows.step_settings import model_call_timeout as model_call_timeout
+from stepflow.workflows.step_settings import tool_call_retry as tool_call_retry
+from stepflow.workflows.step_settings import tool_call_timeout as tool_call_timeout
 
 # ---------------------------------------------------------------------------
 # Run-time records

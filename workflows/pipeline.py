@@ -39,7 +39,6 @@ from stepflow.workflows.errors import (
 )
 from stepflow.workflows.handover import Handover
 from stepflow.workflows.models import (
-    WITH_OUTPUT,
     AgentStep,
     Fallback,
     PipelineResult,
@@ -47,6 +46,7 @@ from stepflow.workflows.models import (
     StepRecord,
     StepStatus,
 )
+from stepflow.workflows.run_result import reused, run_result
 from stepflow.workflows.run_state import RunState, cancel_message
 from stepflow.workflows.run_view import counts, live_status, summarised, total_usage
 from stepflow.workflows.scheduler import DagScheduler, Node
@@ -61,7 +61,6 @@ from stepflow.workflows.steps import (
 )
 from stepflow.workflows.steps.agent import agent_workflow_id
 from stepflow.workflows.steps.children import PIPELINE_WORKFLOW as _CHILD_TYPE
-from stepflow.workflows.templates import Scope, TemplateError, render
 from stepflow.workflows.validation import (
     SpecError,
     check_pipeline,
@@ -90,23 +89,6 @@ if TYPE_CHECKING:
 else:
     # The SDK reads the input by the annotation: an input that is no pipeline fails the run.
     PipelineInput = CheckedPipelineInput
-
-
-def reused(input: PipelineInput) -> list[StepRecord]:
-    """A rerun's first run: the records of the steps it takes over, marked REUSED."""
-    if input.reuse is None or input.carried is not None:
-        return []
-    return [
-        StepRecord(
-            id=r.id,
-            kind=r.kind,
-            status=StepStatus.REUSED,
-            output=r.output,
-            model=r.model,
-            reused_from=r.reused_from or input.reuse.source,
-        )
-        for r in input.reuse.records
-    ]
 
 
 @workflow.defn(name=PIPELINE_WORKFLOW, failure_exception_types=[InvalidWorkflowInput])
@@ -487,36 +469,5 @@ class PipelineWorkflow:
         self.publish()
 
     def _result(self, ctx: StepContext) -> PipelineResult:
-        error = None
-        if self._fatal is not None:
-            failed = self.state.record(self._fatal)
-            error = f"step {failed.id!r} failed: {failed.error}"
-        outputs = None
-        if self.spec.outputs is not None and error is None:
-            try:
-                outputs = self._outputs(ctx)
-            except TemplateError as err:
-                error = f"outputs: {err}"
-        return PipelineResult(
-            pipeline=self.spec.name,
-            usage=total_usage(self.state.records),
-            status=PipelineStatus.FAILED if error else PipelineStatus.SUCCEEDED,
-            steps=list(self.state.records),
-            error=error,
-            started_at=self.state.started_at,
-            ended_at=workflow.now(),
-            outputs=outputs,
-            rerun_of=self._rerun_of,
-        )
-
-    def _outputs(self, ctx: StepContext) -> dict[str, object]:
-        """The pipeline's declared `outputs`, over every step (one that did not succeed: null)."""
-        records = self.state.records
-        nulls = frozenset(r.id for r in records if r.status not in WITH_OUTPUT)
-        rendered = render(
-            self.spec.outputs,
-            ctx.inputs,
-            {r.id: r.output for r in records},
-            Scope({"loop": ctx.loop} if ctx.loop is not None else {}, nulls),
-        )
-        return dict(rendered)
+        failed = self.state.record(self._fatal) if self._fatal is not None else None
+        return run_result(self.spec, self.state, ctx, failed, self._rerun_of, workflow.now())

@@ -46,7 +46,16 @@ THIRD_PARTY_PASSTHROUGH = (
 
 CONTRACT_PASSTHROUGH = tuple(
     f"stepflow.workflows.{name}"
-    for name in ("models", "spec", "records", "run_state", "control", "durations", "expressions")
+    for name in (
+        "models",
+        "spec",
+        "records",
+        "run_state",
+        "control",
+        "durations",
+        "expressions",
+        "step_settings",
+    )
 )
 """Stepflow's pure data contracts: pydantic models and names, no workflow logic; and the
 expression environment, whose compiled expressions are then cached once per worker."""
@@ -57,6 +66,8 @@ PURE_PASSTHROUGH = tuple(
     for name in (
         "templates",
         "validation",
+        "spec_issues",
+        "flow_checks",
         "json_schemas",
         "scheduler",
         "errors",

@@ -8,14 +8,12 @@ half-way. Pure functions: imported in the workflow sandbox.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from stepflow.workflows.expressions import ExpressionError, check_expression
+from stepflow.workflows.flow_checks import SCOPED, control_issues
 from stepflow.workflows.json_schemas import check_schema, outside_refs
 from stepflow.workflows.models import (
     AgentStep,
@@ -28,41 +26,11 @@ from stepflow.workflows.models import (
     Step,
     ToolStep,
 )
-from stepflow.workflows.templates import TemplateError, is_templated, iter_references
-
-MAX_ISSUE_LENGTH = 500
-"""An issue is a line a person reads, whatever the file quoted into it."""
-
-
-@dataclass(frozen=True)
-class SpecIssue:
-    """One thing wrong with a pipeline, located by step and field."""
-
-    message: str
-    step: str | None = None
-    field: str | None = None
-
-    def __str__(self) -> str:
-        where = []
-        if self.step is not None:
-            # The end of a long path names the step at fault (`...sub.loop.write`).
-            step = self.step if len(self.step) <= 60 else "..." + self.step[-40:]
-            where.append(f"step {step!r}")
-        if self.field:
-            where.append(self.field)
-        text = f"{': '.join(where)}: {self.message}" if where else self.message
-        if len(text) > MAX_ISSUE_LENGTH:  # a message quoting a value from a huge file
-            cut = len(text) - MAX_ISSUE_LENGTH
-            text = f"{text[:MAX_ISSUE_LENGTH]}... ({cut:,} more characters)"
-        return text
-
-
-class SpecError(ValueError):
-    """A pipeline (or its inputs) that cannot run. Lists every issue found, not just the first."""
-
-    def __init__(self, issues: list[SpecIssue]) -> None:
-        self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
+from stepflow.workflows.spec_issues import MAX_ISSUE_LENGTH as MAX_ISSUE_LENGTH
+from stepflow.workflows.spec_issues import SpecError as SpecError
+from stepflow.workflows.spec_issues import SpecIssue as SpecIssue
+from stepflow.workflows.spec_issues import did_you_mean as did_you_mean
+from stepflow.workflows.templates import TemplateError, iter_references
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
@@ -95,8 +63,6 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 
 _DECIDES = ("approve", "reject")
-
-_SCOPED = {"item": "a for_each step", "index": "a for_each step", "loop": "a loop's steps"}
 
 
 def structural_issues(
@@ -169,7 +135,7 @@ def _steps_issues(
         visible = [*step.depends_on, *sorted(outside)]
         for field, value in templated_fields(step):
             issues.extend(_reference_issues(inputs, step.id, visible, field, value, scopes))
-        issues.extend(_control_issues(step, inputs, scopes, visible))
+        issues.extend(control_issues(step, inputs, scopes, visible))
         if isinstance(step, AgentStep):
             for tool in [t for t in dict.fromkeys(step.tools) if step.tools.count(t) > 1]:
                 issues.append(SpecIssue(f"tool {tool!r} is listed twice", step.id, "tools"))
@@ -211,64 +177,6 @@ def _nested(prefix: str, issues: list[SpecIssue]) -> list[SpecIssue]:
     return [
         SpecIssue(i.message, f"{prefix}.{i.step}" if i.step else prefix, i.field) for i in issues
     ]
-
-
-def _control_issues(
-    step: Step, inputs: set[str], scopes: frozenset[str], visible: list[str]
-) -> list[SpecIssue]:
-    """`when`, `for_each` and a loop's `until`: they parse and read only what the step sees."""
-    issues = []
-    if step.when is not None:
-        allowed = frozenset({"inputs", "steps"}) | scopes
-        issues.extend(_expression_issues(step.when, step.id, "when", inputs, visible, allowed))
-    for_each = getattr(step, "for_each", None)
-    if for_each is not None and not is_templated(for_each):
-        issues.append(
-            SpecIssue(
-                "must be a template that yields a list, e.g. {{ steps.plan.output.items }}",
-                step.id,
-                "for_each",
-            )
-        )
-    if isinstance(step, LoopStep) and step.until is not None:
-        body = [s.id for s in step.steps]
-        allowed = frozenset({"inputs", "steps", "loop"})
-        issues.extend(_expression_issues(step.until, step.id, "until", inputs, body, allowed))
-    return issues
-
-
-def _expression_issues(
-    text: str,
-    step_id: str,
-    field: str,
-    inputs: set[str],
-    visible: list[str],
-    allowed: frozenset[str],
-) -> list[SpecIssue]:
-    try:
-        names = check_expression(text)
-    except ExpressionError as err:
-        return [SpecIssue(str(err), step_id, field)]
-    issues = []
-    for root in sorted(names.roots - allowed):
-        where = _SCOPED.get(root)
-        reason = f"exists only inside {where}" if where else "is not defined"
-        issues.append(
-            SpecIssue(
-                f"{root!r} {reason}: a condition reads {', '.join(sorted(allowed))}",
-                step_id,
-                field,
-            )
-        )
-    for name in sorted(names.steps - set(visible)):
-        what = "in depends_on" if field == "when" else "a step of the loop's body"
-        issues.append(SpecIssue(f"reads step {name!r}, which is not {what}", step_id, field))
-    for name in sorted(names.inputs - inputs):
-        hint = did_you_mean(name, inputs)
-        issues.append(
-            SpecIssue(f"reads input {name!r}, which is not declared{hint}", step_id, field)
-        )
-    return issues
 
 
 def _pipeline_step_issues(step: PipelineStep, output_schema_refs: bool) -> list[SpecIssue]:
@@ -358,20 +266,15 @@ def _reference_issues(
                     field,
                 )
             )
-        elif ref.root in _SCOPED and (ref.root not in scopes or field == "for_each"):
+        elif ref.root in SCOPED and (ref.root not in scopes or field == "for_each"):
             issues.append(
                 SpecIssue(
-                    f"{{{{ {ref.text} }}}}: {ref.root!r} exists only inside {_SCOPED[ref.root]}",
+                    f"{{{{ {ref.text} }}}}: {ref.root!r} exists only inside {SCOPED[ref.root]}",
                     step_id,
                     field,
                 )
             )
     return issues
-
-
-def did_you_mean(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _INPUT_TYPES: dict[InputType, TypeAdapter[Any]] = {
