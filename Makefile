@@ -18,14 +18,16 @@ $(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: start the dev server (Web UI on :8233) and a worker, run the three example pipelines
+## demo: start the dev server (Web UI on :8233) and a worker, run the four example pipelines
 # The examples' tools come from [tool.stepflow] in pyproject.toml, as for any command run here.
-# triage.yaml shows conditions, a join and a sub-pipeline (translate.yaml, a child run).
+# triage.yaml shows conditions, a join and a sub-pipeline (translate.yaml, a child run);
+# code_task_planned.yaml a plan step: the model writes the steps, checked before they run.
 demo: $(RUNTIME)
 	$(BIN)/stepflow dev start
 	$(BIN)/stepflow run examples/research_report.yaml --input topic="durable execution"
 	$(BIN)/stepflow run examples/code_task.yaml
 	$(BIN)/stepflow run examples/triage.yaml
+	$(BIN)/stepflow run examples/code_task_planned.yaml
 	@echo "Their files are in $${STEPFLOW_WORKSPACE:-.stepflow/workspace} (reports/, todo-app/, tickets/)."
 	@echo "The other branch of the triage: $(BIN)/stepflow run examples/triage.yaml \\"
 	@echo "  --input message='How do retries with backoff work?' --input language=de"

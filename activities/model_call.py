@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from stepflow.activities import telemetry
+from stepflow.activities import budget, telemetry
 from stepflow.activities.conversation_store import ConversationStore
 from stepflow.activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
 from stepflow.activities.offline_model import offline_completion
@@ -39,6 +39,7 @@ from stepflow.activities.output_schema import (
     resolve_output_schema,
     schema_instructions,
 )
+from stepflow.activities.plan_check import plan_output_schema
 from stepflow.activities.progress import ProgressReporter
 from stepflow.activities.registry import (
     get_tool,
@@ -75,6 +76,14 @@ HEARTBEAT_EVERY = 5.0
 SHOULD_RETRY_HEADER = "x-should-retry"
 """The API's own word on retrying (`true`/`false`), obeyed before the status, as the openai
 client does (`_base_client._should_retry`)."""
+
+CONTEXT_EXCEEDED_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+CONTEXT_EXCEEDED_WORDS = ("maximum context length", "context length exceeded", "context window")
+"""How APIs say a request is longer than the model's context: OpenAI's code, and the
+wording of vLLM, LiteLLM and others that send no code."""
+
+CONTENT_REFUSED_CODES = frozenset({"content_filter", "content_policy_violation"})
+"""How APIs (OpenAI, Azure OpenAI) say their content filter refused the request."""
 
 
 def tool_params(names: list[str]) -> list[dict[str, Any]]:
@@ -173,6 +182,8 @@ def _translate(err: Exception, endpoint: ModelEndpoint) -> ApplicationError:
     details = {"attempt": activity.info().attempt}
     if isinstance(err, InvalidReply):
         return ErrorType.MODEL_REPLY_INVALID.error(str(err), details)
+    if isinstance(err, ModelRefused):
+        return ErrorType.MODEL_CONTENT_REFUSED.error(_redact(str(err), endpoint), details)
     if isinstance(err, openai.APIStatusError):
         return _status_failure(err, endpoint, details)
     if isinstance(err, openai.APITimeoutError):
@@ -190,13 +201,14 @@ def _status_failure(
 ) -> ApplicationError:
     """An HTTP error: its type from the status; retried if `x-should-retry` or the status says."""
     status = err.status_code
-    message = _redact(f"model API answered {status}: {_api_message(err)}", endpoint)
+    api_message = _api_message(err)
+    message = _redact(f"model API answered {status}: {api_message}", endpoint)
     if status == 429:
         error_type = ErrorType.MODEL_RATE_LIMITED
     elif status in RETRYABLE_STATUS or status >= 500:
         error_type = ErrorType.MODEL_SERVER_ERROR
     else:
-        error_type = ErrorType.MODEL_REQUEST_REJECTED
+        error_type = _rejection_type(status, err.code, api_message)
     # The header decides only whether to retry; the type still says what the API answered.
     retryable = {"true": True, "false": False}.get(
         err.response.headers.get(SHOULD_RETRY_HEADER, ""), error_type.retryable
@@ -208,6 +220,24 @@ def _status_failure(
         non_retryable=not retryable,
         next_retry_delay=_retry_after(err.response.headers) if retryable else None,
     )
+
+
+def _rejection_type(status: int, code: str | None, message: str) -> ErrorType:
+    """A 4xx other than 408/409/429: which of them another model of a chain may not get.
+
+    Unknown model (404), context too long, content refused: no retry helps, but another
+    model may answer (`model: [primary, backup]`). Anything else (a bad key, a malformed
+    request) is the request's own fault and fails as it is.
+    """
+    if status == 404:
+        return ErrorType.MODEL_NOT_FOUND
+    if status in (400, 413, 422):
+        lowered = message.lower()
+        if code in CONTEXT_EXCEEDED_CODES or any(w in lowered for w in CONTEXT_EXCEEDED_WORDS):
+            return ErrorType.MODEL_CONTEXT_EXCEEDED
+        if code in CONTENT_REFUSED_CODES:
+            return ErrorType.MODEL_CONTENT_REFUSED
+    return ErrorType.MODEL_REQUEST_REJECTED
 
 
 async def _complete(
@@ -243,6 +273,7 @@ async def _complete(
     except json.JSONDecodeError as err:
         raise InvalidReply(f"the model API answered with a body that is not JSON ({err})") from None
     message = _reply_message(completion)
+    _check_refusal(completion, message)
     # Content is required back in the chat when there are no tool calls: never None.
     raw: ChatMessage = {"role": "assistant", "content": message.content or ""}
     if message.tool_calls:
@@ -257,6 +288,24 @@ class InvalidReply(Exception):
     A proxy's error page, a body cut off on the way, a wrong shape: retried
     (type `ModelReplyInvalid`), since the next answer is usually whole.
     """
+
+
+class ModelRefused(Exception):
+    """The model answered 200 but refused: its content filter stopped it, or it said why not.
+
+    Not retried (type `ModelContentRefused`): the same conversation is refused again, though
+    another model of a chain may answer it.
+    """
+
+
+def _check_refusal(completion: object, message: ChatCompletionMessage) -> None:
+    """A checked reply (`_reply_message`) that refused: raise `ModelRefused`."""
+    refusal = getattr(message, "refusal", None)
+    if isinstance(refusal, str) and refusal:
+        raise ModelRefused(f"the model refused to answer: {refusal}")
+    choice = getattr(completion, "choices", [None])[0]
+    if getattr(choice, "finish_reason", None) == "content_filter":
+        raise ModelRefused("the model's answer was stopped by its content filter")
 
 
 def _reply_message(completion: object) -> ChatCompletionMessage:
@@ -306,8 +355,14 @@ def _usage(usage: dict[str, Any]) -> TokenUsage:
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     total = int(usage.get("total_tokens") or prompt + completion)
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return TokenUsage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, model_calls=1
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        model_calls=1,
+        cached_tokens=int(cached or 0),
     )
 
 
@@ -351,18 +406,30 @@ BYTES_PER_TOKEN = 4
 def _check_size(
     call: ModelCallInput, conversation: list[ChatMessage], endpoint: ModelEndpoint
 ) -> None:
-    """Fail the step, not the model call, when the conversation outgrew its bound."""
-    limit = call.max_conversation_bytes or (
-        endpoint.context_tokens * BYTES_PER_TOKEN if endpoint.context_tokens else None
-    )
-    if limit is None:
-        return  # the model's own refusal says so (a request error: not retried)
+    """Fail the step, not the model call, when the conversation outgrew its bound.
+
+    The step's `max_conversation_bytes` is the step's own bound (`ConversationTooLarge`);
+    the model's `context_tokens` is this model's (`ModelContextExceeded`: a model of a
+    chain with a longer context may take the call).
+    """
+    if call.max_conversation_bytes is None and not endpoint.context_tokens:
+        return  # the model's own refusal says so (`ModelContextExceeded`: not retried)
     size = len(json.dumps(conversation, ensure_ascii=False).encode())
+    if call.max_conversation_bytes is not None:
+        if size > call.max_conversation_bytes:
+            raise ErrorType.CONVERSATION_TOO_LARGE.error(
+                f"the conversation has grown to {size:,} bytes, over the "
+                f"{call.max_conversation_bytes:,} this step allows (max_conversation_bytes); "
+                "give the step tools with smaller outputs, or fewer model calls"
+            )
+        return
+    limit = (endpoint.context_tokens or 0) * BYTES_PER_TOKEN
     if size > limit:
-        raise ErrorType.CONVERSATION_TOO_LARGE.error(
-            f"the conversation has grown to {size:,} bytes, over the {limit:,} this step allows "
-            "(max_conversation_bytes, or the model's context_tokens); give the step tools with "
-            "smaller outputs, or fewer model calls"
+        raise ErrorType.MODEL_CONTEXT_EXCEEDED.error(
+            f"the conversation has grown to {size:,} bytes, over the {limit:,} that model "
+            f"{endpoint.name!r} takes (about {BYTES_PER_TOKEN} bytes a token of its "
+            f"context_tokens: {endpoint.context_tokens:,}); give the step tools with smaller "
+            "outputs, fewer model calls, or a model with a longer context"
         )
 
 
@@ -416,7 +483,13 @@ class ModelCallActivity:
             self.progress.report_retry(call.step_id, call.report_to, call.call_number)
         try:
             endpoint = resolve_endpoint(call.model, settings)
-            schema = resolve_output_schema(call.output_schema) if call.output_schema else None
+            if call.plan is not None:  # a plan step: the answer must be a valid plan
+                await prepare_tools(call.plan.tools)  # MCP tools the plan may use: listed
+                schema: ResolvedSchema | None = plan_output_schema(call.plan)
+            elif call.output_schema:
+                schema = resolve_output_schema(call.output_schema)
+            else:
+                schema = None
         except ModelNotConfigured as err:
             raise ErrorType.MODEL_NOT_CONFIGURED.error(str(err)) from None
         except OutputSchemaError as err:
@@ -431,10 +504,13 @@ class ModelCallActivity:
             attempt=info.attempt,
         )
         with bound:
-            await prepare_tools(call.tools)  # MCP servers' tools: listed, current
+            budget.require_price(call, endpoint)
+            # The run's budgets (spent: no call starts) asked while MCP tools are listed.
+            await asyncio.gather(budget.check_budgets(call), prepare_tools(call.tools))
             conversation, stored = await self._conversation(call, settings)
             output = await self._call(call, conversation, endpoint, schema, settings)
             output.stored = stored
+            await budget.charge_budgets(call, output.usage)
             return output
 
     async def _conversation(
@@ -479,7 +555,7 @@ class ModelCallActivity:
             message, usage = await _with_heartbeats(
                 _complete(self.client, endpoint, call, messages, tool_params(call.tools), schema)
             )
-        except (openai.OpenAIError, InvalidReply) as err:
+        except (openai.OpenAIError, InvalidReply, ModelRefused) as err:
             failure = _translate(err, endpoint)
             log.warning(
                 "model call failed",
@@ -488,6 +564,7 @@ class ModelCallActivity:
             )
             telemetry.model_call_ended(endpoint.name, started, error_type=failure.type)
             raise failure from None
+        usage = budget.price_usage(call, endpoint, usage)
         telemetry.model_call_ended(endpoint.name, started, usage)
         output = ModelCallOutput(message=message, usage=usage, model=endpoint.name)
         output.attempt = activity.info().attempt

@@ -7,10 +7,10 @@ API keys never travel through workflow inputs or history.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stepflow.runtime.settings import Settings
+from stepflow.runtime.settings import ModelPrice, Settings
 from stepflow.workflows.models import OFFLINE_MODEL
 
 
@@ -27,13 +27,28 @@ class ModelEndpoint:
     params: dict[str, Any] = field(default_factory=dict)
     structured_output: bool = True
     context_tokens: int | None = None
+    price: ModelPrice | None = field(
+        default=None, metadata={"doc": "USD per million tokens; None: unpriced (no cost budget)."}
+    )
 
     @property
     def offline(self) -> bool:
         return self.name == OFFLINE_MODEL
 
 
-OFFLINE_ENDPOINT = ModelEndpoint(name=OFFLINE_MODEL, provider_model=OFFLINE_MODEL)
+FREE = ModelPrice(input=0, output=0)
+"""The offline model's price unless the configuration gives it one: it costs nothing."""
+
+OFFLINE_ENDPOINT = ModelEndpoint(name=OFFLINE_MODEL, provider_model=OFFLINE_MODEL, price=FREE)
+
+
+def offline_endpoint(settings: Settings) -> ModelEndpoint:
+    """The built-in offline model: free, unless `STEPFLOW_MODELS` prices `offline` (a demo of
+    cost budgets without a key)."""
+    configured = settings.models.get(OFFLINE_MODEL)
+    if configured is None or configured.price is None:
+        return OFFLINE_ENDPOINT
+    return replace(OFFLINE_ENDPOINT, price=configured.price)
 
 
 def resolve_endpoint(name: str | None, settings: Settings) -> ModelEndpoint:
@@ -46,7 +61,7 @@ def resolve_endpoint(name: str | None, settings: Settings) -> ModelEndpoint:
     """
     name = name or settings.default_model
     if name == OFFLINE_MODEL:
-        return OFFLINE_ENDPOINT
+        return offline_endpoint(settings)
     configured = settings.models.get(name)
     # An empty variable (`OPENAI_BASE_URL=` in an env file) means unset, as for the key.
     base_url = (
@@ -56,7 +71,7 @@ def resolve_endpoint(name: str | None, settings: Settings) -> ModelEndpoint:
     api_key = os.environ.get(key_env) or None
     if base_url is None and api_key is None:
         if configured is None:
-            return OFFLINE_ENDPOINT
+            return offline_endpoint(settings)
         raise ModelNotConfigured(
             f"model {name!r} is configured but the worker has neither {key_env} "
             "nor a base_url for it"
@@ -70,4 +85,5 @@ def resolve_endpoint(name: str | None, settings: Settings) -> ModelEndpoint:
         params=dict(configured.params) if configured else {},
         structured_output=configured.structured_output if configured else True,
         context_tokens=configured.context_tokens if configured else None,
+        price=configured.price if configured else None,
     )

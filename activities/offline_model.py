@@ -91,6 +91,17 @@ Behaviour:
   asks for one revision and approves the next: its ``until`` ends it on
   iteration 2, every time (`examples/research_report.yaml`). Tool arguments
   are never affected.
+- **Plans.** Asked for a plan (the output schema's title is ``StepflowPlan``,
+  `activities.plan_check`), the model answers with a small valid plan built
+  from what the schema allows (`offline_plan`): a tool step ``survey`` calling
+  the first allowed tool that needs no arguments (e.g. ``list_files``), an agent
+  step ``analyze`` (after it) on ``{{ inputs.request }}``, and an agent step
+  ``summarize`` after that, whose output the plan returns as ``summary``. Steps
+  of a kind the plan may not use are left out, and the plan is cut to
+  ``max_steps``. The agent steps are given no tools, so they answer from their
+  input and what their dependencies found. A plan of tool steps only, with no
+  tool that needs no arguments, calls the first tool with synthesized arguments
+  whose strings are ``{{ inputs.request }}``. A repair turn gets the same plan.
 - **Usage.** Tokens are estimated at about 4 characters per token
   (`estimate_tokens`): the prompt counts the messages, the tools (if any) and
   the output schema (if any); the completion counts the reply's content and
@@ -107,6 +118,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, validators
 
+from stepflow.activities.plan_check import PLAN_SCHEMA_TITLE
 from stepflow.workflows.json_schemas import NO_RETRIEVAL
 from stepflow.workflows.models import OFFLINE_MODEL
 
@@ -116,6 +128,7 @@ __all__ = [
     "REVISION_KEYS",
     "estimate_tokens",
     "offline_completion",
+    "offline_plan",
     "synthesize",
 ]
 
@@ -720,7 +733,9 @@ def offline_completion(
         message = {"role": "assistant", "content": None, "tool_calls": calls}
         finish_reason = "tool_calls"
     else:
-        if output_schema is not None:
+        if output_schema is not None and output_schema.get("title") == PLAN_SCHEMA_TITLE:
+            content = json.dumps(offline_plan(output_schema), ensure_ascii=False)
+        elif output_schema is not None:
             answer = _answer(output_schema, hints, convo.input_text, approve=convo.revision())
             content = json.dumps(answer, ensure_ascii=False)
         else:
@@ -799,6 +814,90 @@ def _answer(
         if synth.validates(value, schema):
             return value
     return first
+
+
+REQUEST = "{{ inputs.request }}"
+"""What a planned step reads the plan step's request as."""
+
+
+def offline_plan(schema: dict[str, Any]) -> dict[str, Any]:
+    """A small valid plan within what a plan schema allows (see the module docstring)."""
+    steps_schema = _get(schema, "properties", "steps")
+    max_steps = _as_int(steps_schema.get("maxItems")) or 1
+    variants = _get(steps_schema, "items").get("anyOf")
+    variants = [v for v in variants if isinstance(v, dict)] if isinstance(variants, list) else []
+    tools = [
+        (_get(v, "properties", "tool").get("const"), _get(v, "properties", "args"))
+        for v in variants
+        if _get(v, "properties", "kind").get("const") == "tool"
+    ]
+    may_use_agents = any(_get(v, "properties", "kind").get("const") == "agent" for v in variants)
+    steps: list[dict[str, Any]] = []
+    survey = next((name for name, args in tools if not args.get("required")), None)
+    if survey is not None:
+        steps.append(
+            {
+                "id": "survey",
+                "kind": "tool",
+                "description": f"See what there is to work on ({survey}).",
+                "tool": survey,
+                "args": {},
+            }
+        )
+    if may_use_agents:
+        found = " with what step survey found" if steps else ""
+        steps.append(
+            {
+                "id": "analyze",
+                "kind": "agent",
+                "description": "Work out what the request needs.",
+                "depends_on": [s["id"] for s in steps],
+                "instructions": f"Analyse the request{found}: what to change, where, and how to "
+                "check it.",
+                "input": REQUEST,
+            }
+        )
+        steps.append(
+            {
+                "id": "summarize",
+                "kind": "agent",
+                "description": "Summarise the work for the requester.",
+                "depends_on": ["analyze"],
+                "instructions": "Summarise the analysis for the requester in a few lines.",
+                "input": REQUEST,
+            }
+        )
+    if not steps and tools:
+        name, args_schema = tools[0]
+        # Its argument schemas may refer to the plan schema's `$defs`: the root is the plan's.
+        args = _Synthesizer(schema, {}, "").gen(args_schema, 0, 0, 0) if args_schema else {}
+        steps.append(
+            {
+                "id": "run",
+                "kind": "tool",
+                "tool": name,
+                "args": {
+                    key: REQUEST if isinstance(value, str) else value
+                    for key, value in (args.items() if isinstance(args, dict) else [])
+                },
+            }
+        )
+    steps = steps[: max(max_steps, 1)]
+    plan: dict[str, Any] = {"steps": steps}
+    if steps:
+        last = steps[-1]["id"]
+        plan["outputs"] = {
+            "summary" if last == "summarize" else "result": f"{{{{ steps.{last}.output }}}}"
+        }
+    return plan
+
+
+def _get(schema: Any, *keys: str) -> dict[str, Any]:
+    """`schema[k1][k2]...` where each is a dict; {} where one is not."""
+    node = schema
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
 
 
 def _plain_answer(convo: _Conversation) -> str:

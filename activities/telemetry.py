@@ -13,11 +13,23 @@ from __future__ import annotations
 import time
 
 from opentelemetry import trace
-from temporalio import activity
+from temporalio import activity, common
 from temporalio.exceptions import ApplicationError
 
-from stepflow.runtime.telemetry import MODEL_CALL_DURATION, MODEL_TOKENS, TOOL_DURATION
+from stepflow.runtime.telemetry import (
+    MODEL_CALL_DURATION,
+    MODEL_COST,
+    MODEL_TOKENS,
+    TOOL_DURATION,
+)
 from stepflow.workflows.models import TokenUsage
+
+_cost_so_far: dict[tuple[str, str, str], float] = {}
+"""USD this process's model calls cost, by namespace, task queue and model: the metric's value.
+
+`stepflow_model_cost_total` is a gauge set to this running total (the SDK's counters add
+whole numbers only, and costs are fractions of a cent).
+"""
 
 
 def tool_call_started(step_id: str, tool: str, attempt: int) -> None:
@@ -41,6 +53,16 @@ def tool_call_ended(tool: str, started: float, error: BaseException | None = Non
         if error is not None:
             error_type = error.type if isinstance(error, ApplicationError) else None
             span.set_attribute("error.type", error_type or type(error).__name__)
+
+
+def _count_cost(meter: common.MetricMeter, model: str, cost: float) -> None:
+    """Add `cost` to the model's running total and report the total."""
+    info = activity.info()
+    key = (info.namespace, info.task_queue, model)
+    total = _cost_so_far[key] = _cost_so_far.get(key, 0.0) + cost
+    meter.create_gauge_float(
+        MODEL_COST, "US dollars the model calls cost, by model (from STEPFLOW_MODELS prices)."
+    ).set(round(total, 9), {"model": model})
 
 
 def model_call_started(step_id: str, call_number: int, model: str) -> None:
@@ -74,6 +96,8 @@ def model_call_ended(
         )
         tokens.add(usage.prompt_tokens, {"model": model, "token_type": "prompt"})
         tokens.add(usage.completion_tokens, {"model": model, "token_type": "completion"})
+        if usage.cost > 0:
+            _count_cost(meter, model, usage.cost)
     span = trace.get_current_span()
     if not span.is_recording():
         return

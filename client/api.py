@@ -374,7 +374,7 @@ class StepflowClient:
                 ) from None
 
     async def _with_agent_progress(self, workflow_id: str, state: PipelineState) -> PipelineState:
-        """The running agent steps' own progress on their records: model call, tokens, retries.
+        """The running agent steps' (and planners') own progress: model call, tokens, retries.
 
         An agent step answers for itself (`AGENT_PROGRESS_QUERY`) instead of signalling its
         pipeline at every model call; a step that cannot answer now keeps the pipeline's view.
@@ -382,7 +382,8 @@ class StepflowClient:
         running = [
             r
             for r in state.steps
-            if r.kind == "agent"
+            # A plan step is its planner's conversation until the plan is made.
+            if (r.kind == "agent" or (r.kind == "plan" and r.plan is None))
             and r.items is None
             and r.status in (StepStatus.RUNNING, StepStatus.RETRYING)
         ]

@@ -218,8 +218,8 @@ def add_control_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_list)
 
     for name, handler, what in (
-        ("approve", cmd_approve, "approve a waiting approval step"),
-        ("reject", cmd_reject, "reject a waiting approval step (it fails)"),
+        ("approve", cmd_approve, "approve a waiting approval step, or a plan step's plan"),
+        ("reject", cmd_reject, "reject a waiting approval step or plan (the step fails)"),
     ):
         p = sub.add_parser(name, help=what)
         p.add_argument("workflow_id", metavar="ID")

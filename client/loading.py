@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, resolve_output_schema
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
+from stepflow.client.budget_checks import budget_issues
+from stepflow.client.model_checks import chain_issues, chain_model_warnings
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.mcp_config import servers_of, tool_server, unknown_server_hint
 from stepflow.runtime.settings import get_settings
@@ -477,7 +479,9 @@ def model_warnings(spec: PipelineSpec) -> list[str]:
     )
     warnings = []
     for path, step in all_steps(spec.steps):
-        if not isinstance(step, AgentStep) or step.model is None or step.model in known:
+        if not isinstance(step, AgentStep) or not isinstance(step.model, str):
+            continue  # chains: `chain_model_warnings`
+        if step.model in known:
             continue
         hint = did_you_mean(step.model, sorted(known))
         if settings.models:
@@ -490,7 +494,7 @@ def model_warnings(spec: PipelineSpec) -> list[str]:
                 f"step {path!r}: model {step.model!r}: no model is configured here "
                 "(OPENAI_API_KEY, OPENAI_BASE_URL, STEPFLOW_MODELS): it will answer offline"
             )
-    return list(dict.fromkeys(warnings))
+    return list(dict.fromkeys(warnings + chain_model_warnings(spec)))
 
 
 def check_spec(spec: PipelineSpec) -> None:
@@ -499,7 +503,18 @@ def check_spec(spec: PipelineSpec) -> None:
     Raises:
         SpecError: listing every issue.
     """
-    found = structural_issues(spec) + template_issues(spec) + limit_issues(spec) + tool_issues(spec)
+    # Plan checks are built on this module's tool checks: imported here, not at the top.
+    from stepflow.client.plan_checks import plan_step_issues
+
+    found = (
+        structural_issues(spec)
+        + template_issues(spec)
+        + limit_issues(spec)
+        + tool_issues(spec)
+        + chain_issues(spec)
+        + budget_issues(spec)
+        + plan_step_issues(spec)
+    )
     issues = list(dict.fromkeys(found))  # each once
     if issues:
         raise SpecError(issues)

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from stepflow.client.plan_view import print_plans
+from stepflow.workflows.budget import budget_line, money
 from stepflow.workflows.control import PipelineState, RunStatus
 from stepflow.workflows.models import (
     OFFLINE_MODEL,
@@ -108,6 +110,8 @@ def _model(record: StepRecord) -> Text:
         text = Text(f"{record.model + ', ' if record.model else ''}call {record.model_call}{limit}")
         if record.usage:
             text.append(f", {record.usage.total_tokens:,} tok", style="dim")
+            if record.usage.cost:
+                text.append(f", {money(record.usage.cost)}", style="dim")
         return text
     if record.model is None:
         return Text("-", style="dim")
@@ -119,6 +123,8 @@ def _model(record: StepRecord) -> Text:
         text.append(f", {record.tool_calls} tool call{'s' if record.tool_calls != 1 else ''}")
     if usage:
         text.append(f", {usage.total_tokens:,} tok", style="dim")
+        if usage.cost:
+            text.append(f", {money(usage.cost)}", style="dim")
     return text
 
 
@@ -152,15 +158,26 @@ def steps_table(
 
 
 def usage_line(result: PipelineResult | PipelineState) -> str | None:
-    """Tokens of the whole run, and a warning when the offline model answered."""
+    """Tokens and cost of the whole run (per model when several answered), the spend
+    against the run's budget, and a warning when the offline model answered."""
     usage = result.usage
+    budget = budget_line(result.budget) if result.budget is not None else None
     if not usage.model_calls:
-        return None
+        return budget
     line = (
         f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''}, "
         f"{usage.prompt_tokens:,} prompt + "
         f"{usage.completion_tokens:,} completion = {usage.total_tokens:,} tokens"
     )
+    if usage.cost:
+        line += f", {money(usage.cost)}"
+    if len(result.usage_by_model) > 1:
+        line += "\nper model: " + "; ".join(
+            f"{model} {used.total_tokens:,} tokens" + (f", {money(used.cost)}" if used.cost else "")
+            for model, used in sorted(result.usage_by_model.items())
+        )
+    if budget:
+        line += f"\n{budget}"
     if any(record.model == OFFLINE_MODEL for record in result.steps):
         line += (
             "\nanswered by the built-in offline model (deterministic, no network); "
@@ -197,6 +214,7 @@ def outputs_text(outputs: dict[str, Any]) -> Text:
 
 def print_result(console: Console, result: PipelineResult) -> None:
     console.print(steps_table(result.pipeline, result.steps))
+    print_plans(console, result.steps)
     if result.outputs:
         console.print(outputs_text(result.outputs))
     usage = usage_line(result)
@@ -266,6 +284,7 @@ def print_state(
 ) -> None:
     """What `stepflow status` shows: the steps, counts, tokens, the run and its Web UI link."""
     console.print(steps_table(state.pipeline, state.steps, now=state_now(state)))
+    print_plans(console, state.steps)
     console.print(Text(counts_line(state), style="dim"))
     usage = usage_line(state)
     if usage:

@@ -6,6 +6,7 @@ completed or failed (and on which attempt), a timer fired, an approval arrived,
 the run's status changed. Steps are named by the summaries the workflow gives
 its activities (`plan · model call 1/10`), so the timeline reads like the Web UI.
 Agent steps run as child workflows; their events are merged in, in time order.
+A plan step's planner, when it completes, shows the plan it made as a small table.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.converter import DataConverter, decode_search_attributes
 
+from stepflow.client.plan_view import is_plan, plan_lines
 from stepflow.runtime.encryption import readable_failure
 from stepflow.workflows.control import STATUS_ATTRIBUTE, STEP_PROGRESS
 from stepflow.workflows.durations import format_duration
+from stepflow.workflows.steps.plan import PLANNER_SUMMARY
 
 _RETRY_STATE = {
     RetryState.RETRY_STATE_NON_RETRYABLE_FAILURE: "non-retryable",
@@ -46,14 +49,22 @@ class TimelineEvent:
     what: str = ""
     """What happened to it: `completed (attempt 1)`, `failed (attempt 3): ...`."""
     workflow_id: str = ""
+    plan: dict[str, Any] | None = None
+    """A plan step's planner completed: the plan it made (shown as a table under the line)."""
 
     def line(self, subject_width: int = 0) -> str:
         return (
             f"{'+' + format_elapsed(self.elapsed):>9}  {self.subject:<{subject_width}}  {self.what}"
         )
 
+    def lines(self, subject_width: int = 0) -> list[str]:
+        """The line, and under it the plan's table if there is one."""
+        if self.plan is None:
+            return [self.line(subject_width)]
+        return [self.line(subject_width), *(f"{'':11}{row}" for row in plan_lines(self.plan))]
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        shown = {
             "event_id": self.event_id,
             "workflow_id": self.workflow_id,
             "time": self.time.isoformat(),
@@ -61,6 +72,9 @@ class TimelineEvent:
             "subject": self.subject,
             "what": self.what,
         }
+        if self.plan is not None:
+            shown["plan"] = self.plan
+        return shown
 
 
 def format_elapsed(value: timedelta) -> str:
@@ -80,7 +94,7 @@ def format_elapsed(value: timedelta) -> str:
 def format_lines(events: Sequence[TimelineEvent]) -> list[str]:
     """The timeline as aligned text lines."""
     width = min(max((len(e.subject) for e in events), default=0), 40)
-    return [event.line(width) for event in events]
+    return [line for event in events for line in event.lines(width)]
 
 
 def failure_text(failure: Failure) -> str:
@@ -155,12 +169,16 @@ class _Builder:
             return None
         return str(value)
 
-    def add(self, event: HistoryEvent, subject: str, what: str) -> None:
+    def add(
+        self, event: HistoryEvent, subject: str, what: str, plan: dict[str, Any] | None = None
+    ) -> None:
         time = _time(event)
         if self.origin is None:
             self.origin = time
         self.out.append(
-            TimelineEvent(event.event_id, time, time - self.origin, subject, what, self.workflow_id)
+            TimelineEvent(
+                event.event_id, time, time - self.origin, subject, what, self.workflow_id, plan
+            )
         )
 
     def attempt(self, started_event_id: int) -> str:
@@ -250,7 +268,18 @@ class _Builder:
     ) -> None:
         if a.HasField("failure") if hasattr(a, "failure") else False:
             what += f": {_compact(await self.failure_text(a.failure))}"
-        self.add(event, self.subjects.get(a.initiated_event_id, "child"), what)
+        subject = self.subjects.get(a.initiated_event_id, "child")
+        plan = None
+        if subject.startswith(PLANNER_SUMMARY) and what == "completed":
+            plan = await self.planned(a.result)
+            what += f": a plan of {len(plan['steps'])} steps" if plan else ""
+        self.add(event, subject, what, plan)
+
+    async def planned(self, result: Payloads) -> dict[str, Any] | None:
+        """The plan a planner's result holds (`AgentStepResult.output`), or None."""
+        decoded = await self.decode(result)
+        output = decoded[0].get("output") if decoded and isinstance(decoded[0], dict) else None
+        return output if is_plan(output) else None
 
     async def on_child_workflow_execution_failed(self, event: HistoryEvent, a: Any) -> None:
         await self.on_child_workflow_execution_completed(event, a, "failed")

@@ -29,6 +29,7 @@ from stepflow.client.render import (
     steps_table,
 )
 from stepflow.client.timeline import format_elapsed
+from stepflow.workflows.budget import budget_line
 from stepflow.workflows.control import PipelineState, RunStatus
 from stepflow.workflows.models import StepStatus
 
@@ -115,6 +116,20 @@ class ChangeLines:
             took = format_elapsed(state.as_of - state.started_at)
             self.console.print(Text(f"{'+' + took:>9}  {'run':<{width}}  {run}", style="bold"))
         self.seen["\0run"] = run
+        self._budget(state, width)
+
+    def _budget(self, state: PipelineState, width: int) -> None:
+        """The spend against the run's budget: once it ran out, and when the run ends."""
+        if state.budget is None:
+            return
+        key = "spent" if state.budget.exceeded else "ended" if state.finished else None
+        if key is None or self.seen.get("\0budget") in (key, "ended"):
+            return
+        took = format_elapsed(state.as_of - state.started_at)
+        line = Text(f"{'+' + took:>9}  {'run':<{width}}  ")
+        line.append(budget_line(state.budget), style="yellow" if state.budget.exceeded else "dim")
+        self.console.print(line)
+        self.seen["\0budget"] = key
 
 
 def live_view(seen: Seen) -> Group:
@@ -126,6 +141,9 @@ def live_view(seen: Seen) -> Group:
     took = format_elapsed(state_now(state) - state.started_at)
     footer = Text(f"{state.status.value}", style=RUN_STYLE[state.status])
     footer.append(f" · {took} · {counts_line(state)}", style="dim")
+    if state.budget is not None:
+        style = "yellow" if state.budget.exceeded else "dim"
+        footer.append(f" · {budget_line(state.budget)}", style=style)
     if not seen.over:
         footer.append(" · Ctrl-C stops watching; the run goes on", style="dim")
     return Group(table, footer)

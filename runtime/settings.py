@@ -31,6 +31,28 @@ CommaList = Annotated[list[str], NoDecode]
 _PREFIX = "STEPFLOW_"
 
 
+class ModelPrice(BaseModel):
+    """What a model's tokens cost, in US dollars per million tokens (`cost` budgets use it).
+
+    `{"input": 2.50, "output": 10.00}`; `cached_input` prices the prompt tokens the
+    provider served from its cache (absent: they cost `input`). A price of 0 is a price:
+    a free model (a local one) counts as priced.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0, allow_inf_nan=False, description="USD per million prompt tokens.")
+    output: float = Field(
+        ge=0, allow_inf_nan=False, description="USD per million completion tokens."
+    )
+    cached_input: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="USD per million cached prompt tokens; absent: the `input` price.",
+    )
+
+
 class ModelSettings(BaseModel):
     """How the worker reaches one model name that pipelines use in `model:`.
 
@@ -62,6 +84,12 @@ class ModelSettings(BaseModel):
     structured_output: bool = Field(
         default=True,
         description="Send `response_format` with the output schema (off for servers without it).",
+    )
+    price: ModelPrice | None = Field(
+        default=None,
+        description='USD per million tokens, {"input": 2.5, "output": 10, "cached_input": 1.25}: '
+        "steps' costs, and what `budget: {cost: ...}` counts. A cost budget on a model without "
+        "one is refused (ModelUnpriced).",
     )
 
 

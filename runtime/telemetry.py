@@ -28,6 +28,9 @@ workflow and activity tasks, their latencies, slots, polls) and Stepflow's:
 - `stepflow_steps_total{pipeline,kind,status}`: steps that reached a final status
   (succeeded, failed, timed_out, skipped, cancelled), counted by the pipeline workflow
 - `stepflow_model_tokens_total{model,token_type}`: `token_type` prompt or completion
+- `stepflow_model_cost_total{model}`: US dollars the model calls cost, from the models'
+  prices (`STEPFLOW_MODELS`); a gauge that only grows, since the SDK's counters count
+  whole numbers: per worker process, like a counter (reset when the worker restarts)
 - `stepflow_model_call_duration_seconds{model,outcome}`: histogram, outcome ok or error
 - `stepflow_tool_duration_seconds{tool,outcome}`: histogram
 
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 
 STEPS = STEPS_METRIC  # counted by the pipeline workflow (workflows.step_metrics)
 MODEL_TOKENS = "stepflow_model_tokens_total"
+MODEL_COST = "stepflow_model_cost_total"
 MODEL_CALL_DURATION = "stepflow_model_call_duration_seconds"
 TOOL_DURATION = "stepflow_tool_duration_seconds"
 

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey
 
-from stepflow.workflows.models import StepRecord, StepStatus, TokenUsage
+from stepflow.workflows.models import BudgetSpent, StepRecord, StepStatus, TokenUsage, UsageByModel
 
 STATUS_QUERY = "status"
 PAUSE = "pause"
@@ -73,6 +73,12 @@ class PipelineState(BaseModel):
         description="Workflow time of the last event the run processed; elapsed times count to it."
     )
     error: str | None = None
+    usage_by_model: UsageByModel = Field(
+        default_factory=dict, description="Tokens and cost so far, per model."
+    )
+    budget: BudgetSpent | None = Field(
+        default=None, description="A run with a `budget`: what it has spent against it."
+    )
 
     def step(self, step_id: str) -> StepRecord:
         for record in self.steps:

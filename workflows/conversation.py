@@ -14,6 +14,7 @@ from stepflow.workflows.models import ChatMessage
 INPUT_HEADER = "Input:\n"
 CONTEXT_HEADER = "\n\nOutput of step {step_id!r}:\n"
 REPAIR_PREFIX = "Your answer did not match the output schema"
+PLAN_REPAIR_PREFIX = "Your plan is not valid"
 
 MAX_TOOL_RESULT_CHARS = 100_000
 """A longer tool result is cut: every later model call carries it again, in history too."""
@@ -61,4 +62,13 @@ def repair_request(error: str) -> ChatMessage:
     return {
         "role": "user",
         "content": f"{REPAIR_PREFIX}: {error}\nReply again with only the corrected JSON.",
+    }
+
+
+def plan_repair_request(errors: str) -> ChatMessage:
+    """A plan step's invalid plan goes back with what the check found wrong with it."""
+    return {
+        "role": "user",
+        "content": f"{PLAN_REPAIR_PREFIX}: {errors}\nReply again with only the corrected plan "
+        "as JSON.",
     }

@@ -19,9 +19,12 @@ from pydantic import BaseModel, Field
 
 from stepflow.workflows.records import WITH_OUTPUT as WITH_OUTPUT
 from stepflow.workflows.records import ChatMessage as ChatMessage
+from stepflow.workflows.records import PassedOver as PassedOver
 from stepflow.workflows.records import StepRecord as StepRecord
 from stepflow.workflows.records import StepStatus as StepStatus
 from stepflow.workflows.records import TokenUsage as TokenUsage
+from stepflow.workflows.records import UsageByModel as UsageByModel
+from stepflow.workflows.records import add_by_model as add_by_model
 from stepflow.workflows.run_state import RunState
 from stepflow.workflows.spec import BUILTIN_RETRY as BUILTIN_RETRY
 from stepflow.workflows.spec import DEFAULT_START_TO_CLOSE as DEFAULT_START_TO_CLOSE
@@ -30,6 +33,7 @@ from stepflow.workflows.spec import STEP_ID_PATTERN as STEP_ID_PATTERN
 from stepflow.workflows.spec import ActivityStepBase as ActivityStepBase
 from stepflow.workflows.spec import AgentStep as AgentStep
 from stepflow.workflows.spec import ApprovalStep as ApprovalStep
+from stepflow.workflows.spec import BudgetSpec as BudgetSpec
 from stepflow.workflows.spec import CacheSpec as CacheSpec
 from stepflow.workflows.spec import ContextMode as ContextMode
 from stepflow.workflows.spec import Fallback as Fallback
@@ -39,10 +43,16 @@ from stepflow.workflows.spec import InputSpec as InputSpec
 from stepflow.workflows.spec import InputStep as InputStep
 from stepflow.workflows.spec import InputType as InputType
 from stepflow.workflows.spec import LoopStep as LoopStep
+from stepflow.workflows.spec import ModelChoice as ModelChoice
+from stepflow.workflows.spec import ModelFallback as ModelFallback
 from stepflow.workflows.spec import OnFailure as OnFailure
 from stepflow.workflows.spec import OutputSchema as OutputSchema
 from stepflow.workflows.spec import PipelineSpec as PipelineSpec
 from stepflow.workflows.spec import PipelineStep as PipelineStep
+from stepflow.workflows.spec import PlanAllow as PlanAllow
+from stepflow.workflows.spec import PlanApproval as PlanApproval
+from stepflow.workflows.spec import PlannedKind as PlannedKind
+from stepflow.workflows.spec import PlanStep as PlanStep
 from stepflow.workflows.spec import RetrySpec as RetrySpec
 from stepflow.workflows.spec import SpecModel as SpecModel
 from stepflow.workflows.spec import Step as Step
@@ -94,6 +104,26 @@ def tool_call_queue(routing: TaskRouting | None, tool: str) -> dict[str, Any]:
     """`task_queue=` for a call of `tool`, only when routed."""
     queue = routing.tool_task_queues.get(tool) if routing else None
     return {"task_queue": queue} if queue else {}
+
+
+class BudgetLedger(BaseModel):
+    """A pipeline run that keeps what its model calls (and its children's) have spent.
+
+    A run whose spec has a `budget` keeps its own ledger and hands it, with its
+    parent's, to every child; each model call checks every ledger of its run before
+    it starts and adds what it spent after (`activities.budget`).
+    """
+
+    workflow_id: str = Field(description="The pipeline run that keeps the ledger.")
+    budget: BudgetSpec
+
+
+class BudgetSpent(BaseModel):
+    """A budget and what was spent against it."""
+
+    budget: BudgetSpec
+    spent: TokenUsage = Field(default_factory=TokenUsage)
+    exceeded: bool = Field(default=False, description="A model call was refused for it.")
 
 
 PipelineCarry = RunState
@@ -177,6 +207,11 @@ class PipelineInput(BaseModel):
         default=False,
         description="`stepflow run --no-cache`: steps compute afresh, and keep the result.",
     )
+    budgets: list[BudgetLedger] = Field(
+        default_factory=list,
+        description="Set when a pipeline run starts this one as a child: the ledgers of the "
+        "runs above it that have a budget.",
+    )
 
 
 class PipelineResult(BaseModel):
@@ -196,6 +231,12 @@ class PipelineResult(BaseModel):
     )
     rerun_of: str | None = Field(
         default=None, description="A rerun: the workflow id of the run it reran."
+    )
+    usage_by_model: UsageByModel = Field(
+        default_factory=dict, description="Tokens and cost of every agent step, per model."
+    )
+    budget: BudgetSpent | None = Field(
+        default=None, description="The run's `budget` and what it spent (children included)."
     )
 
     def step(self, step_id: str) -> StepRecord:
@@ -265,6 +306,24 @@ class ModelCallInput(BaseModel):
     max_conversation_bytes: int | None = Field(
         default=None, description="The step's bound on the whole conversation (JSON bytes)."
     )
+    plan: PlanAllow | None = Field(
+        default=None,
+        description="A plan step's call: the final answer must be a plan within these limits "
+        "(`activities.plan_check`), instead of matching `output_schema`.",
+    )
+    budgets: list[BudgetLedger] = Field(
+        default_factory=list,
+        description="Ledgers of the run to check before the call and charge after it.",
+    )
+    charge_id: str | None = Field(
+        default=None,
+        description="Names this call in the ledgers, so that a retried charge counts once.",
+    )
+    cost_budget: bool = Field(
+        default=False,
+        description="A budget with `cost` applies (the run's or the step's): a model without "
+        "a price in the worker's configuration fails the call (`ModelUnpriced`).",
+    )
 
 
 class PlannedToolCall(BaseModel):
@@ -328,6 +387,15 @@ class AgentLoopState(BaseModel):
         description="The number of the first message in `messages`: a run that continued as new "
         "leaves the stored ones behind.",
     )
+    usage_by_model: UsageByModel = Field(
+        default_factory=dict, description="Tokens and cost per model that answered."
+    )
+    passed_over: list[PassedOver] = Field(
+        default_factory=list, description="With a model chain: models that did not answer."
+    )
+    chain_at: int = Field(
+        default=0, description="With a model chain: the position of the model calls start with."
+    )
 
 
 AgentCarry = AgentLoopState
@@ -359,6 +427,12 @@ class AgentStepInput(BaseModel):
     carried: AgentLoopState | None = Field(
         default=None, description="Set by the run before, when this run continues the loop."
     )
+    budgets: list[BudgetLedger] = Field(
+        default_factory=list, description="Ledgers of the pipeline runs with a budget above it."
+    )
+    plan: PlanAllow | None = Field(
+        default=None, description="A plan step: the final answer is a plan within these limits."
+    )
 
 
 class AgentStepResult(BaseModel):
@@ -369,6 +443,12 @@ class AgentStepResult(BaseModel):
     repairs: int = 0
     transcript: list[ChatMessage] | None = Field(
         default=None, description="The conversation, when the pipeline keeps full context."
+    )
+    usage_by_model: UsageByModel | None = Field(
+        default=None, description="Tokens and cost per model that answered."
+    )
+    passed_over: list[PassedOver] | None = Field(
+        default=None, description="With a model chain: models that did not answer, and why."
     )
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from temporalio import workflow
 
 from stepflow.workflows import models, run_control
+from stepflow.workflows.budget import BudgetBook, budget_line
 from stepflow.workflows.control import (
     STATUS_QUERY,
     STEP_PROGRESS,
@@ -40,6 +41,8 @@ from stepflow.workflows.errors import (
 from stepflow.workflows.handover import Handover
 from stepflow.workflows.models import (
     AgentStep,
+    BudgetLedger,
+    BudgetSpent,
     Fallback,
     PipelineResult,
     PipelineStatus,
@@ -47,8 +50,14 @@ from stepflow.workflows.models import (
     StepStatus,
 )
 from stepflow.workflows.run_result import reused, run_result
-from stepflow.workflows.run_state import RunState, cancel_message
-from stepflow.workflows.run_view import counts, live_status, summarised, total_usage
+from stepflow.workflows.run_state import LedgerState, RunState, cancel_message
+from stepflow.workflows.run_view import (
+    counts,
+    live_status,
+    summarised,
+    total_usage,
+    usage_by_model,
+)
 from stepflow.workflows.scheduler import DagScheduler, Node
 from stepflow.workflows.steps import (
     FOR_EACH,
@@ -155,6 +164,13 @@ class PipelineWorkflow:
         run_control.register(
             self
         )  # before any handler runs: a cancel_step in the first task settles
+        self._budget: BudgetBook | None = None
+        """A run with a `budget`: its ledger, which the model calls under it check and charge."""
+        if spec.budget is not None:
+            # Old histories have no budget: nothing here changes what they replay.
+            self.state.ledger = self.state.ledger or LedgerState()
+            self._budget = BudgetBook(spec.budget, self.state.ledger)
+            self._budget.register(self._charged)
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -195,6 +211,7 @@ class PipelineWorkflow:
             loop=self._scope.loop if self._scope else None,
             reuse_inside=dict(input.reuse.inside) if input.reuse else {},
             no_cache=input.no_cache,
+            budgets=self._ledgers(input),
         )
         try:
             self._resume_waiting(ctx)
@@ -398,6 +415,8 @@ class PipelineWorkflow:
             started_at=self.state.started_at,
             as_of=workflow.now(),
             error=self._error,
+            usage_by_model=usage_by_model(records),
+            budget=self._spent(),
         )
 
     @workflow.signal(name=STEP_PROGRESS)
@@ -462,6 +481,30 @@ class PipelineWorkflow:
 
     def publish(self) -> None:
         self._visibility.publish(self._run_status())
+        if self._budget is not None:
+            # The spend goes under the details' heading: `budget: $0.42 of $2.50 · ...`.
+            heading, _, rest = workflow.get_current_details().partition("\n")
+            line = budget_line(self._budget.view())
+            workflow.set_current_details(f"{heading}\n\n{line}\n{rest}")
+
+    # -- the budget ---------------------------------------------------------------------
+
+    def _ledgers(self, input: PipelineInput) -> list[BudgetLedger]:
+        """The ledgers this run's model calls check and charge: its parents', then its own."""
+        ledgers = list(input.budgets)
+        if self.spec.budget is not None:
+            ledgers.append(
+                BudgetLedger(workflow_id=workflow.info().workflow_id, budget=self.spec.budget)
+            )
+        return ledgers
+
+    def _spent(self) -> BudgetSpent | None:
+        return self._budget.view() if self._budget is not None else None
+
+    def _charged(self) -> None:
+        """A model call charged the ledger (an update): the details show the spend."""
+        self.note_update()
+        self.publish()
 
     def _end(self, status: RunStatus, error: str | None) -> None:
         self._ended = status
@@ -470,4 +513,6 @@ class PipelineWorkflow:
 
     def _result(self, ctx: StepContext) -> PipelineResult:
         failed = self.state.record(self._fatal) if self._fatal is not None else None
-        return run_result(self.spec, self.state, ctx, failed, self._rerun_of, workflow.now())
+        return run_result(
+            self.spec, self.state, ctx, failed, self._rerun_of, workflow.now(), self._spent()
+        )

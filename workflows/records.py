@@ -46,6 +46,10 @@ class TokenUsage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     model_calls: int = 0
+    cached_tokens: int = Field(default=0, description="Of the prompt tokens, those cached.")
+    cost: float = Field(
+        default=0.0, description="US dollars, from the worker's model prices (0 without them)."
+    )
 
     def plus(self, other: TokenUsage | None) -> TokenUsage:
         if other is None:
@@ -55,7 +59,30 @@ class TokenUsage(BaseModel):
             completion_tokens=self.completion_tokens + other.completion_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
             model_calls=self.model_calls + other.model_calls,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            cost=round(self.cost + other.cost, 9),
         )
+
+
+UsageByModel = dict[str, TokenUsage]
+"""Tokens and cost per model name."""
+
+
+def add_by_model(into: UsageByModel, more: UsageByModel | None) -> UsageByModel:
+    """`into` with `more` added, model by model (a new dict; neither is changed)."""
+    merged = dict(into)
+    for model, usage in (more or {}).items():
+        merged[model] = merged[model].plus(usage) if model in merged else usage
+    return merged
+
+
+class PassedOver(BaseModel):
+    """A model of a `model:` chain that did not answer a call, and why the next took over."""
+
+    call: int = Field(description="The model call's number in its step.")
+    model: str
+    error_type: str
+    error: str
 
 
 class StepRecord(BaseModel):
@@ -110,6 +137,15 @@ class StepRecord(BaseModel):
     )
     cached_from: str | None = Field(
         default=None, description="Cached steps: the workflow id of the run that computed it."
+    )
+    usage_by_model: UsageByModel | None = Field(
+        default=None, description="Agent and plan steps: tokens and cost per model that answered."
+    )
+    passed_over: list[PassedOver] | None = Field(
+        default=None, description="Agent steps with a model chain: the models that did not answer."
+    )
+    plan: dict[str, Any] | None = Field(
+        default=None, description="Plan steps: the plan (`steps`, `outputs`) the model made."
     )
 
     @property

@@ -13,7 +13,7 @@ from jsonschema.exceptions import best_match
 from temporalio.exceptions import ApplicationError
 
 from stepflow.workflows.json_schemas import outside_refs, validator_for
-from stepflow.workflows.models import ApprovalStep, InputStep, StepRecord, StepStatus
+from stepflow.workflows.models import ApprovalStep, InputStep, PlanStep, StepRecord, StepStatus
 from stepflow.workflows.run_view import ACTIVE
 from stepflow.workflows.validation import did_you_mean
 
@@ -66,7 +66,18 @@ def _waiting_step(
 
 
 def check_decision(steps: dict[str, Any], records: dict[str, StepRecord], step_id: str) -> None:
-    """For `approve` and `reject`: an approval step that is waiting."""
+    """For `approve` and `reject`: an approval step, or a plan step with `approve`, waiting."""
+    step = steps.get(step_id)
+    if isinstance(step, PlanStep):
+        record = known_record(records, step_id)
+        if not step.approve:
+            reject(f"step {step_id!r} is a plan step without `approve`: its plan runs unasked")
+        if record.status is not StepStatus.WAITING or record.waiting_for != "approval":
+            reject(
+                f"step {step_id!r} is not waiting for approval of its plan "
+                f"(it is {record.status.value})"
+            )
+        return
     _waiting_step(steps, records, step_id, ApprovalStep)
 
 

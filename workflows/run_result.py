@@ -9,6 +9,7 @@ from datetime import datetime
 
 from stepflow.workflows.models import (
     WITH_OUTPUT,
+    BudgetSpent,
     PipelineInput,
     PipelineResult,
     PipelineSpec,
@@ -17,7 +18,7 @@ from stepflow.workflows.models import (
     StepStatus,
 )
 from stepflow.workflows.run_state import RunState
-from stepflow.workflows.run_view import total_usage
+from stepflow.workflows.run_view import total_usage, usage_by_model
 from stepflow.workflows.steps.base import StepContext
 from stepflow.workflows.templates import Scope, TemplateError, render
 
@@ -46,8 +47,10 @@ def run_result(
     failed: StepRecord | None,
     rerun_of: str | None,
     now: datetime,
+    budget: BudgetSpent | None = None,
 ) -> PipelineResult:
-    """The run's result: every record, the error of the step that failed it, its `outputs`."""
+    """The run's result: every record, the error of the step that failed it, its `outputs`,
+    tokens and cost per model, and (a run with a `budget`) what it spent against it."""
     error = f"step {failed.id!r} failed: {failed.error}" if failed is not None else None
     outputs = None
     if spec.outputs is not None and error is None:
@@ -65,6 +68,8 @@ def run_result(
         ended_at=now,
         outputs=outputs,
         rerun_of=rerun_of,
+        usage_by_model=usage_by_model(state.records),
+        budget=budget,
     )
 
 

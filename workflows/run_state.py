@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, PrivateAttr, field_serializer
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_serializer
 
 from stepflow.workflows.records import (
     QUIET,
@@ -29,6 +29,22 @@ from stepflow.workflows.records import (
 if TYPE_CHECKING:
     from stepflow.workflows.control import StepProgress
     from stepflow.workflows.errors import StepFailure
+
+
+class LedgerState(BaseModel):
+    """A run's budget ledger: what its model calls, its children's included, have spent.
+
+    Kept by a run whose spec has a `budget` (`workflows.budget`), and carried across
+    continue-as-new with the rest of the state.
+    """
+
+    spent: TokenUsage = Field(default_factory=TokenUsage)
+    refused: bool = Field(default=False, description="A model call was refused for the budget.")
+    charges: list[str] = Field(
+        default_factory=list,
+        description="The latest charges' ids: one repeated after the run continued as new "
+        "(where Temporal's own dedupe of update ids does not reach) counts once.",
+    )
 
 
 class RunState(BaseModel):
@@ -53,6 +69,9 @@ class RunState(BaseModel):
         default_factory=dict, description="Answers given to waiting steps, not yet taken up."
     )
     runs: int = Field(default=1, description="Runs of the chain before the one this starts.")
+    ledger: LedgerState | None = Field(
+        default=None, description="A run with a `budget`: what it has spent against it."
+    )
 
     _index: dict[str, StepRecord] = PrivateAttr(default_factory=dict)
     _succeeded: dict[str, None] = PrivateAttr(default_factory=dict)
@@ -141,6 +160,7 @@ class RunState(BaseModel):
             cancel_requests=dict(carried.cancel_requests),
             answers=dict(carried.answers),
             runs=carried.runs,
+            ledger=carried.ledger,
         )
 
     def handover(self) -> RunState:
@@ -182,6 +202,7 @@ class RunState(BaseModel):
             record.model = failure.agent.get("model")
             record.usage = TokenUsage.model_validate(failure.agent.get("usage") or {})
             record.tool_calls = failure.agent.get("tool_calls")
+            record.usage_by_model = _usage_by_model(failure.agent.get("usage_by_model"))
 
     def take_progress(self, progress: StepProgress) -> bool:
         """Note a running step's progress report; False if it came too late to matter."""
@@ -217,6 +238,16 @@ class RunState(BaseModel):
         if step_ids is None:
             return {sid: self._index[sid].output for sid in self._succeeded}
         return {sid: self._index[sid].output for sid in step_ids}
+
+
+def _usage_by_model(value: Any) -> dict[str, TokenUsage] | None:
+    """A failed agent step's tokens per model, from its failure's details (None: none given)."""
+    if not isinstance(value, dict) or not value:
+        return None
+    try:
+        return {str(model): TokenUsage.model_validate(usage) for model, usage in value.items()}
+    except ValidationError:  # details from a newer or older worker: the tokens still count
+        return None
 
 
 def cancel_message(comment: str | None) -> str:

@@ -15,7 +15,7 @@ from pydantic_core import to_json
 
 from stepflow.workflows.control import RunStatus
 from stepflow.workflows.models import StepRecord, StepStatus, TokenUsage
-from stepflow.workflows.records import QUIET
+from stepflow.workflows.records import QUIET, UsageByModel, add_by_model
 
 ACTIVE = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
 """A step in one of these has not ended yet."""
@@ -43,6 +43,15 @@ def total_usage(records: list[StepRecord]) -> TokenUsage:
     for record in records:
         usage = usage.plus(record.usage)
     return usage
+
+
+def usage_by_model(records: list[StepRecord]) -> UsageByModel:
+    """Tokens and cost of every agent and plan step, children's included, per model."""
+    by_model: UsageByModel = {}
+    for record in records:
+        if record.usage_by_model:
+            by_model = add_by_model(by_model, record.usage_by_model)
+    return by_model
 
 
 def elapsed(record: StepRecord, now: datetime) -> timedelta | None:

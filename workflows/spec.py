@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stepflow.workflows.durations import PositiveDuration
 
@@ -101,6 +101,45 @@ class CacheSpec(SpecModel):
     """
 
     ttl: PositiveDuration = Field(description="How long a kept result may be taken again.")
+
+
+class BudgetSpec(SpecModel):
+    """`budget: {tokens: 200000, cost: 2.50}`: what model calls may spend, at most.
+
+    On a pipeline it caps the whole run (children included); on an agent or plan
+    step, the step (each for_each instance on its own). Once spent, no new model
+    call starts there: the steps that needed one fail `BudgetExceeded`.
+    """
+
+    tokens: int | None = Field(default=None, ge=1, description="Tokens in all (prompt + output).")
+    cost: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="US dollars, from the prices in the worker's model configuration.",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> BudgetSpec:
+        if self.tokens is None and self.cost is None:
+            raise ValueError("a budget needs `tokens`, `cost` or both")
+        return self
+
+
+class ModelFallback(SpecModel):
+    """`model_fallback: {after_attempts: 2}`: when the next model of a `model:` chain takes over."""
+
+    after_attempts: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Retryable failures (429, 5xx, timeout, invalid reply) of one model before "
+        "the next takes over; failures only another model can fix move on at once.",
+    )
+
+
+ModelChoice = str | list[str]
+"""A model name, or a chain `[primary, backup, ...]` whose next model takes over on failure."""
 
 
 StepCache = CacheSpec | Literal[False]
@@ -233,9 +272,16 @@ class AgentStep(ActivityStepBase, ForEachFields):
         default=None,
         description="What the step works on: text or JSON, templated like a tool step's args.",
     )
-    model: str | None = Field(
+    model: ModelChoice | None = Field(
         default=None,
-        description="A model name from the worker's configuration; absent: the worker's default.",
+        description="A model name from the worker's configuration (absent: the worker's "
+        "default), or a chain `[primary, backup]` whose next model takes over on failure.",
+    )
+    model_fallback: ModelFallback | None = Field(
+        default=None, description="With a chain: when the next model takes over (default 2)."
+    )
+    budget: BudgetSpec | None = Field(
+        default=None, description="What this step's model calls may spend (each for_each item)."
     )
     tools: list[str] = Field(
         default_factory=list, description="The only registered tools this step may call."
@@ -273,6 +319,80 @@ class AgentStep(ActivityStepBase, ForEachFields):
     model_timeout: TimeoutSpec | None = None
     tool_retry: RetrySpec | None = None
     tool_timeout: TimeoutSpec | None = None
+
+
+PlannedKind = Literal["agent", "tool"]
+"""Step kinds a plan may hold."""
+
+PLANNED_KINDS: tuple[PlannedKind, ...] = ("agent", "tool")
+
+
+class PlanAllow(SpecModel):
+    """What a plan may use: checked with the rest of the plan before anything of it runs."""
+
+    tools: list[str] = Field(
+        default_factory=list,
+        description="The registered tools the plan's tool steps may call and its agent steps "
+        "may be given; nothing else.",
+    )
+    kinds: list[PlannedKind] = Field(
+        default_factory=lambda: list(PLANNED_KINDS), description="Step kinds the plan may use."
+    )
+    max_steps: int = Field(default=12, ge=1, le=100, description="Steps in the plan, at most.")
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models the plan's agent steps may name; absent: they name none (and use "
+        "the worker's default).",
+    )
+
+
+class PlanApproval(SpecModel):
+    """`approve: {timeout: 1d, on_timeout: reject}`: a person approves the plan before it runs."""
+
+    message: str | None = Field(default=None, description="What the approver is asked.")
+    timeout: PositiveDuration | None = Field(
+        default=None, description="How long to wait (a durable timer); absent: for ever."
+    )
+    on_timeout: Literal["approve", "reject", "fail"] | None = Field(
+        default=None, description="When the timeout fires (absent: fail, TIMED_OUT)."
+    )
+
+
+class PlanStep(ActivityStepBase):
+    """A model turns a request into a plan, a pipeline fragment that is checked, then run.
+
+    The model answers with `steps` (and optional `outputs`) as structured output;
+    the plan is checked like a pipeline file plus `allow`; an invalid one goes back
+    to the model with the errors, at most `max_plan_repairs` times (then the step
+    fails `PlanInvalid`). A valid plan runs as a child pipeline run with the
+    rendered `input` as `inputs.request`; the step's output is the child's outputs.
+    """
+
+    kind: Literal["plan"] = Field(description="The kind of step.")
+    instructions: str = Field(description="What to plan; may hold {{ ... }} references.")
+    input: Any = Field(
+        default=None, description="The request, templated; the plan sees it as inputs.request."
+    )
+    model: ModelChoice | None = Field(
+        default=None, description="The planner's model, or a chain (as on agent steps)."
+    )
+    model_fallback: ModelFallback | None = Field(
+        default=None, description="With a chain: when the next model takes over."
+    )
+    allow: PlanAllow = Field(
+        default_factory=PlanAllow, description="All the plan may use: tools, kinds, steps."
+    )
+    max_plan_repairs: int = Field(
+        default=2, ge=0, le=20, description="Invalid plans sent back to the model to fix."
+    )
+    approve: bool | PlanApproval = Field(
+        default=False,
+        description="Wait for a person to approve the plan (`stepflow approve RUN STEP`) before "
+        "it runs; `reject` fails the step.",
+    )
+    budget: BudgetSpec | None = Field(
+        default=None, description="What the planner's model calls may spend."
+    )
 
 
 class ApprovalStep(StepBase):
@@ -379,7 +499,7 @@ class PipelineStep(StepBase, ForEachFields):
 
 
 Step = Annotated[
-    ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep,
+    ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep | PlanStep,
     Field(discriminator="kind"),
 ]
 
@@ -415,6 +535,11 @@ class PipelineSpec(SpecModel):
     defaults: StepDefaults = Field(
         default_factory=StepDefaults,
         description="Retry and timeout settings every step inherits, field by field.",
+    )
+    budget: BudgetSpec | None = Field(
+        default=None,
+        description="What the run's model calls may spend in all: every agent and plan step, "
+        "in loops, for_each instances and sub-pipelines too.",
     )
     steps: list[Step] = Field(
         min_length=1, description="The steps; each starts once the steps it depends on succeed."

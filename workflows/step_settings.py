@@ -15,6 +15,7 @@ from stepflow.workflows.spec import (
     ActivityStepBase,
     AgentStep,
     CacheSpec,
+    ModelFallback,
     RetrySpec,
     StepDefaults,
     TimeoutSpec,
@@ -86,3 +87,20 @@ def tool_call_retry(step: AgentStep, defaults: StepDefaults) -> RetrySpec:
 
 def tool_call_timeout(step: AgentStep, defaults: StepDefaults) -> TimeoutSpec:
     return effective_timeout(step, defaults, step.tool_timeout)
+
+
+def model_chain(step: AgentStep) -> list[str] | None:
+    """The step's models in the order they take over (`model: [primary, backup]`), or None
+    when the step names one model or none: then its calls run exactly as they always have."""
+    return list(step.model) if isinstance(step.model, list) else None
+
+
+def fallback_attempts(step: AgentStep) -> int:
+    """Attempts a model of a chain gets before the next takes over (`model_fallback`)."""
+    return (step.model_fallback or ModelFallback()).after_attempts
+
+
+def chain_retry(retry: RetrySpec, attempts: int) -> RetrySpec:
+    """The step's model retry for a model that is not the last of the chain: the same
+    intervals (so `Retry-After` still sets the wait), `attempts` attempts in all."""
+    return retry.model_copy(update={"max_attempts": attempts})

@@ -23,6 +23,8 @@ from stepflow.workflows.models import (
     LoopStep,
     PipelineSpec,
     PipelineStep,
+    PlanApproval,
+    PlanStep,
     Step,
     ToolStep,
 )
@@ -148,6 +150,8 @@ def _steps_issues(
             issues.append(SpecIssue("has no effect without a timeout", step.id, "on_timeout"))
         if isinstance(step, InputStep):
             issues.extend(SpecIssue(p, step.id, "schema") for p in check_schema(step.value_schema))
+        if isinstance(step, PlanStep):
+            issues.extend(_plan_step_issues(step))
         # The rest of an output schema is checked where it is used (activities.output_schema);
         # a reference outside it would be fetched by whoever checks it, so it never gets there.
         if (
@@ -169,6 +173,39 @@ def _steps_issues(
     cycle = find_cycle(graph)
     if cycle:
         issues.append(SpecIssue("dependency cycle: " + " -> ".join(cycle), cycle[0], "depends_on"))
+    return issues
+
+
+def _plan_step_issues(step: PlanStep) -> list[SpecIssue]:
+    """What a plan may use, and its approval: checks that need no tool registry."""
+    allow = step.allow
+    issues = []
+    if not allow.kinds:
+        issues.append(SpecIssue("a plan needs at least one step kind", step.id, "allow.kinds"))
+    elif set(allow.kinds) == {"tool"} and not allow.tools:
+        issues.append(
+            SpecIssue("a plan of tool steps only needs tools to call", step.id, "allow.tools")
+        )
+    listed: tuple[tuple[str, list[str]], ...] = (
+        ("allow.tools", list(allow.tools)),
+        ("allow.kinds", [str(kind) for kind in allow.kinds]),
+        ("allow.models", list(allow.models)),
+    )
+    for field, names in listed:
+        for name in [n for n in dict.fromkeys(names) if names.count(n) > 1]:
+            issues.append(SpecIssue(f"{name!r} is listed twice", step.id, field))
+    for index, name in enumerate(allow.models):
+        if not name.strip():
+            issues.append(
+                SpecIssue("a model name cannot be empty", step.id, f"allow.models[{index}]")
+            )
+    approval = step.approve
+    if (
+        isinstance(approval, PlanApproval)
+        and not approval.timeout
+        and approval.on_timeout in _DECIDES
+    ):
+        issues.append(SpecIssue("has no effect without a timeout", step.id, "approve.on_timeout"))
     return issues
 
 
@@ -224,7 +261,7 @@ def templated_fields(step: Step) -> list[tuple[str, Any]]:
     for_each = getattr(step, "for_each", None)
     if for_each is not None:
         fields.append(("for_each", for_each))
-    if isinstance(step, AgentStep):
+    if isinstance(step, AgentStep | PlanStep):
         return [*fields, ("instructions", step.instructions), ("input", step.input)]
     if isinstance(step, ToolStep):
         return [*fields, *((f"args.{key}", value) for key, value in step.args.items())]

@@ -14,6 +14,11 @@ A test plays a script, one reply per expected request, and reads the conversatio
     assert "x" in server.requests[1].text
     assert server.unexpected == []
 
+Model chains send the same server requests for several models; `by_model` scripts each model
+(the request's `model` field) on its own::
+
+    server.respond_with(by_model(primary=[error(429), error(429)], backup=[text("ok")]))
+
 `inject_faults(FaultPlan(seed, rate_429=..., ...))` puts random failures in front of the script
 (429s with `Retry-After`, 500s, slow answers, malformed bodies), the same for the same seed;
 `server.faults` says which request got which.
@@ -137,6 +142,10 @@ class Completion:
     """(prompt_tokens, completion_tokens); None derives both deterministically from the sizes."""
     delay: float = 0.0
     """Seconds to wait before answering, to show that parallel calls overlap."""
+    refusal: str | None = None
+    """The message's `refusal`: the model declined (OpenAI's structured-output refusals)."""
+    cached_tokens: int | None = None
+    """`usage.prompt_tokens_details.cached_tokens`, when the provider reports a cache hit."""
 
 
 @dataclass(frozen=True)
@@ -186,9 +195,21 @@ def text(
     usage: tuple[int, int] | None = None,
     delay: float = 0.0,
     finish_reason: str = "stop",
+    cached_tokens: int | None = None,
 ) -> Completion:
     """The model answers with `content` and stops."""
-    return Completion(content=content, finish_reason=finish_reason, usage=usage, delay=delay)
+    return Completion(
+        content=content,
+        finish_reason=finish_reason,
+        usage=usage,
+        delay=delay,
+        cached_tokens=cached_tokens,
+    )
+
+
+def refusal(reason: str, *, usage: tuple[int, int] | None = None) -> Completion:
+    """A 200 whose message declines to answer (`message.refusal`), with no content."""
+    return Completion(content=None, refusal=reason, usage=usage)
 
 
 def json_answer(
@@ -257,6 +278,36 @@ def error(
         code=code if code is not None else default_code,
         headers=tuple((headers or {}).items()),
     )
+
+
+class ByModel:
+    """A responder that answers each model from its own script, in order.
+
+    Pass it to `server.respond_with`. A request for a model with nothing (left) scripted
+    gets a 500 and lands in `server.unexpected`, as an unscripted request does.
+    """
+
+    def __init__(self, scripts: Mapping[str, Iterable[Reply]]) -> None:
+        self._lock = threading.Lock()
+        self._scripts = {model: deque(replies) for model, replies in scripts.items()}
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        with self._lock:
+            script = self._scripts.get(request.model or "")
+            if not script:
+                raise LookupError(f"nothing (left) scripted for model {request.model!r}")
+            return script.popleft()
+
+    @property
+    def remaining(self) -> dict[str, int]:
+        """Replies not sent yet, per model."""
+        with self._lock:
+            return {model: len(script) for model, script in self._scripts.items()}
+
+
+def by_model(**scripts: Iterable[Reply]) -> ByModel:
+    """`by_model(primary=[error(429)], backup=[text("ok")])`: one script per model name."""
+    return ByModel(scripts)
 
 
 def hang(seconds: float, then: Completion | None = None) -> Hang:
@@ -524,7 +575,11 @@ class ScriptedModelServer:
                 call.name + call.arguments for call in reply.tool_calls
             )
             completion_tokens = max(1, len(produced) // 4)
-        message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": reply.content,
+            "refusal": reply.refusal,
+        }
         if reply.tool_calls:
             message["tool_calls"] = [
                 {
@@ -551,6 +606,11 @@ class ScriptedModelServer:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                **(
+                    {"prompt_tokens_details": {"cached_tokens": reply.cached_tokens}}
+                    if reply.cached_tokens is not None
+                    else {}
+                ),
             },
         }
 

@@ -252,6 +252,47 @@ async def release_notes(stepflow: StepflowClient, server: ScriptedModelServer) -
     return run.workflow_id
 
 
+INVALID_PLAN = {
+    "steps": [
+        {"id": "fetch", "kind": "tool", "tool": "echo", "args": {"value": "{{ inputs.request }}"}},
+        agent("sum_up", "Sum up.", input="{{ steps.fetch.output }}"),
+    ]
+}
+"""`sum_up` reads `fetch` without depending on it: the repair says so."""
+
+VALID_PLAN = {
+    "steps": [
+        {"id": "fetch", "kind": "tool", "tool": "echo", "args": {"value": "{{ inputs.request }}"}},
+        agent("sum_up", "Sum up.", input="{{ steps.fetch.output }}", depends_on=["fetch"]),
+    ],
+    "outputs": {"summary": "{{ steps.sum_up.output }}"},
+}
+
+
+async def plan_scripted(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    server.play(json_answer(INVALID_PLAN), json_answer(VALID_PLAN), text("tides, summed up"))
+    spec = pipeline(
+        step("topic", "echo", args={"value": "tides"}),
+        {
+            "id": "plan",
+            "kind": "plan",
+            "depends_on": ["topic"],
+            "instructions": "Plan the work on {{ steps.topic.output }}.",
+            "input": "{{ steps.topic.output }}",
+            "allow": {"tools": ["echo"], "max_steps": 3},
+            "max_plan_repairs": 1,
+            "approve": {"message": "Run it?", "timeout": "1h"},
+        },
+        step("after", "echo", depends_on=["plan"], args={"value": "{{ steps.plan.output }}"}),
+        name="plan-scripted",
+    )
+    run = await stepflow.start_pipeline(spec, workflow_id=f"plan-scripted-{uuid.uuid4().hex[:8]}")
+    await _wait_for(stepflow, run.workflow_id, "plan", "WAITING")
+    await stepflow.approve(run.workflow_id, "plan", "go")
+    await stepflow.get_result(run.workflow_id)
+    return run.workflow_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "tools-dag": tools_dag,
     "agent-scripted": agent_scripted,
@@ -265,6 +306,10 @@ SCENARIOS: dict[str, Scenario] = {
     "example-triage": _example("examples/triage.yaml"),
     "example-translate": _example("examples/translate.yaml"),
     "continue-as-new": continue_as_new,
+    # Plan steps: the planned code task on the offline model (the planner, the planned run and
+    # its agent steps), and a scripted planner with one repair, an approval and a planned agent.
+    "example-code-task-planned": _example("examples/code_task_planned.yaml"),
+    "plan-scripted": plan_scripted,
 }
 
 

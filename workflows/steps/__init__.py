@@ -7,6 +7,7 @@ from stepflow.workflows.steps.base import AnyStep, StepContext, StepRunner
 from stepflow.workflows.steps.for_each import ForEachRunner, per_item_condition
 from stepflow.workflows.steps.human import HumanRunner
 from stepflow.workflows.steps.loop import LoopRunner
+from stepflow.workflows.steps.plan import PlanRunner
 from stepflow.workflows.steps.subpipeline import SubPipelineRunner
 from stepflow.workflows.steps.tool import ToolRunner
 
@@ -17,6 +18,7 @@ RUNNERS: dict[str, StepRunner] = {
     "input": HumanRunner(),
     "loop": LoopRunner(),
     "pipeline": SubPipelineRunner(),
+    "plan": PlanRunner(),
 }
 """The runner of each step kind (`step.kind`)."""
 

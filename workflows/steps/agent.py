@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pydantic
 from temporalio import workflow
 from temporalio.exceptions import CancelledError, ChildWorkflowError
 
-from stepflow.workflows.errors import child_failure
+from stepflow.workflows.errors import StepFailure, child_failure
 from stepflow.workflows.models import (
     AGENT_STEP_WORKFLOW,
     AgentStep,
     AgentStepInput,
     AgentStepResult,
+    PassedOver,
     StepRecord,
+    TokenUsage,
     effective_cache,
     model_call_retry,
     model_call_timeout,
@@ -35,12 +38,18 @@ class AgentRunner:
         record.max_model_calls = step.max_model_calls
 
         async def call() -> Any:
-            agent = await self.call(ctx, step)
+            try:
+                agent = await self.call(ctx, step)
+            except StepFailure as failure:
+                take_failed_agent(record, failure.agent)
+                raise
             record.attempts = 1
             record.model_call = agent.usage.model_calls  # the calls it made
             record.model = agent.model
             record.usage = agent.usage
             record.tool_calls = agent.tool_calls
+            record.usage_by_model = agent.usage_by_model
+            record.passed_over = agent.passed_over
             ctx.state.transcripts.extend(agent.transcript or [])
             return agent.output
 
@@ -84,6 +93,7 @@ class AgentRunner:
                     tool_timeout=tool_call_timeout(step, spec.defaults),
                     idempotency_prefix=idempotency_key(ctx.key(step)),
                     routing=ctx.routing,
+                    budgets=ctx.budgets,
                 ),
                 result_type=AgentStepResult,
                 id=agent_workflow_id(ctx.key(step)),
@@ -95,3 +105,29 @@ class AgentRunner:
             # Otherwise someone cancelled just this step (Web UI, CLI): it ends, and the
             # pipeline goes on as its on_failure says.
             raise child_failure(err) from None
+
+
+_USAGE_BY_MODEL = pydantic.TypeAdapter(dict[str, TokenUsage])
+_PASSED_OVER = pydantic.TypeAdapter(list[PassedOver])
+
+
+def take_failed_agent(record: StepRecord, agent: dict[str, Any]) -> None:
+    """What a failed agent step spent and tried, from its failure's details, onto its record.
+
+    The same model, usage and tool calls the pipeline's `RunState.fail` takes, so that a
+    for_each instance's record (which that never sees) counts them too; and the tokens per
+    model and the models passed over. Details that do not parse are left out, never raised:
+    workflow code must not fail its task on data.
+    """
+    if not agent:
+        return
+    try:
+        record.usage = TokenUsage.model_validate(agent.get("usage") or {})
+        record.model = agent.get("model")
+        record.tool_calls = agent.get("tool_calls")
+        record.usage_by_model = _USAGE_BY_MODEL.validate_python(agent.get("usage_by_model") or {})
+        record.passed_over = _PASSED_OVER.validate_python(agent.get("passed_over") or [])
+    except (pydantic.ValidationError, TypeError):
+        return
+    record.usage_by_model = record.usage_by_model or None
+    record.passed_over = record.passed_over or None

@@ -19,11 +19,13 @@ from stepflow.workflows.models import (
     WITH_OUTPUT,
     AgentStep,
     ApprovalStep,
+    BudgetLedger,
     InputStep,
     LoopStep,
     NestedReuse,
     PipelineSpec,
     PipelineStep,
+    PlanStep,
     RetrySpec,
     StepRecord,
     StepStatus,
@@ -35,7 +37,7 @@ from stepflow.workflows.models import (
 from stepflow.workflows.run_state import RunState
 from stepflow.workflows.templates import Scope, TemplateError, render
 
-AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep
+AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep | PlanStep
 
 
 @dataclass
@@ -65,6 +67,10 @@ class StepContext:
     no_cache: bool = False
     """`stepflow run --no-cache`: steps compute afresh (and keep what they computed)."""
     reuse_inside: dict[str, NestedReuse] = field(default_factory=dict)
+    """A rerun from a step inside a loop or sub-pipeline: what its child run takes over."""
+    budgets: list[BudgetLedger] = field(default_factory=list)
+    """The ledgers of this run and the runs above it that have a `budget`: model calls check
+    and charge them (`activities.budget`); child runs are handed them."""
     _options: dict[str, tuple[RetrySpec, dict[str, Any]]] = field(default_factory=dict)
     """A tool step's retry and activity options, worked out once per step, not per call."""
 
@@ -76,8 +82,6 @@ class StepContext:
             timeout = effective_timeout(step, self.spec.defaults)
             known = self._options[step.id] = (retry, activity_options(retry, timeout))
         return known
-
-    """A rerun from a step inside a loop or sub-pipeline: what its child run takes over."""
 
     def instance(self, item: Any, index: int) -> StepContext:
         """The context of a for_each step's instance number `index`."""

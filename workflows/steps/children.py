@@ -25,6 +25,8 @@ from stepflow.workflows.models import (
     StepRecord,
     StepStatus,
     TokenUsage,
+    UsageByModel,
+    add_by_model,
 )
 from stepflow.workflows.steps.base import StepContext
 
@@ -49,7 +51,9 @@ async def run_child(
 ) -> PipelineResult:
     """Run `spec` as a child pipeline and return its result; a failed child fails the step.
 
-    The child's tokens are added to `record`'s usage whichever way it ends.
+    The child's tokens and cost are added to `record`'s usage (and per model) whichever
+    way it ends. The child checks and charges the budgets of this run and those above
+    it (`ctx.budgets`), and keeps a ledger of its own if its spec has a `budget`.
     """
     record.child = workflow_id
     ctx.publish()
@@ -64,6 +68,7 @@ async def run_child(
                 scope=scope,
                 reuse=reuse,
                 no_cache=ctx.no_cache,
+                budgets=ctx.budgets,
             ),
             result_type=PipelineResult,
             id=workflow_id,
@@ -73,7 +78,7 @@ async def run_child(
         if isinstance(err.cause, CancelledError) and ctx.cancelling():
             raise asyncio.CancelledError(str(err.cause)) from None
         raise pipeline_failure(err, record) from None
-    add_usage(record, result.usage)
+    add_usage(record, result.usage, result.usage_by_model)
     return result
 
 
@@ -88,7 +93,7 @@ def pipeline_failure(err: ChildWorkflowError, record: StepRecord) -> StepFailure
         details = cause.details[0] if cause.details else None
         if isinstance(details, dict):
             result = PipelineResult.model_validate(details)
-            add_usage(record, result.usage)
+            add_usage(record, result.usage, result.usage_by_model)
             failed = first_failure(result)
             if failed is not None:
                 return StepFailure(
@@ -110,9 +115,12 @@ def first_failure(result: PipelineResult) -> StepRecord | None:
     return None
 
 
-def add_usage(record: StepRecord, usage: TokenUsage) -> None:
-    if usage.model_calls or usage.total_tokens:
+def add_usage(record: StepRecord, usage: TokenUsage, by_model: UsageByModel | None = None) -> None:
+    """A child run's (or an instance's) tokens and cost count for the step that ran it."""
+    if usage.model_calls or usage.total_tokens or usage.cost:
         record.usage = (record.usage or TokenUsage()).plus(usage)
+    if by_model:
+        record.usage_by_model = add_by_model(record.usage_by_model or {}, by_model)
 
 
 def outputs_of(result: PipelineResult, spec: PipelineSpec) -> Any:

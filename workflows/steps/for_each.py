@@ -18,7 +18,7 @@ from temporalio import workflow
 
 from stepflow.workflows.errors import ErrorType, StepFailure
 from stepflow.workflows.expressions import check_expression
-from stepflow.workflows.models import PipelineSpec, StepRecord, TokenUsage
+from stepflow.workflows.models import PipelineSpec, StepRecord, TokenUsage, add_by_model
 from stepflow.workflows.steps.base import AnyStep, StepContext, StepRunner
 from stepflow.workflows.steps.children import child_id, run_child, scope_for
 
@@ -176,9 +176,11 @@ async def _stop(running: dict[int, asyncio.Task[Any]]) -> None:
 
 
 def _add(record: StepRecord, instance: StepRecord) -> None:
-    """An instance's model calls, tokens and tool calls count for the step."""
+    """An instance's model calls, tokens, cost and tool calls count for the step."""
     if instance.usage is not None:
         record.usage = (record.usage or TokenUsage()).plus(instance.usage)
+    if instance.usage_by_model:
+        record.usage_by_model = add_by_model(record.usage_by_model or {}, instance.usage_by_model)
     record.tool_calls = _sum(record.tool_calls, instance.tool_calls)
     record.model = instance.model or record.model
     record.attempts = max(record.attempts, instance.attempts)
