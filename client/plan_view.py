@@ -1,9 +1,7 @@
 """A plan step's plan as a small table: `stepflow status`, `history` and `run` show it so.
 
-One row per planned step: its id, kind, what it uses (a tool step's tool; an
-agent step's model and tools) and the steps it depends on. The plan is what the
-model answered and the model activity checked (`StepRecord.plan`); this reads
-it defensively all the same, since a table must never fail a command.
+One row per planned step (`workflows.plan_rows`, which the Web UI's details
+share): its id, kind, what it uses and the steps it depends on.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stepflow.workflows.models import StepRecord
+from stepflow.workflows.plan_rows import plan_outputs, plan_rows
 
 PLAN_TABLE_WIDTH = 100
 """Columns of a plan table written as text lines (`stepflow history`)."""
@@ -28,33 +27,13 @@ def plan_table(plan: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("kind")
     table.add_column("tool / model")
     table.add_column("depends on")
-    steps = plan.get("steps") if isinstance(plan, dict) else None
-    for raw in steps if isinstance(steps, list) else []:
-        if not isinstance(raw, dict):
-            continue
-        depends = raw.get("depends_on")
-        table.add_row(
-            str(raw.get("id", "?")),
-            str(raw.get("kind", "?")),
-            _uses(raw),
-            ", ".join(str(d) for d in depends) if isinstance(depends, list) and depends else "-",
-        )
-    outputs = plan.get("outputs") if isinstance(plan, dict) else None
-    if isinstance(outputs, dict) and outputs:
-        table.caption = "outputs: " + ", ".join(str(name) for name in outputs)
+    for row in plan_rows(plan):
+        table.add_row(*row)
+    outputs = plan_outputs(plan)
+    if outputs:
+        table.caption = "outputs: " + ", ".join(outputs)
         table.caption_justify = "left"
     return table
-
-
-def _uses(step: dict[str, Any]) -> str:
-    """A tool step's tool; an agent step's model (`default` if none) and its tools."""
-    if step.get("kind") == "tool":
-        return str(step.get("tool", "?"))
-    model = step.get("model") or "default model"
-    tools = step.get("tools")
-    if isinstance(tools, list) and tools:
-        return f"{model}; tools: {', '.join(str(t) for t in tools)}"
-    return str(model)
 
 
 def print_plans(console: Console, records: list[StepRecord]) -> None:

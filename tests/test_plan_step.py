@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from stepflow.client.plan_checks import plan_issues, plan_step_issues
 from stepflow.client.plan_view import plan_lines, plan_table
 from stepflow.client.timeline import format_lines
 from stepflow.worker import WORKER_READY_LINE
+from stepflow.workflows.control import RunStatus
 from stepflow.workflows.models import (
     PipelineSpec,
     PipelineStatus,
@@ -29,6 +31,7 @@ from stepflow.workflows.models import (
     StepStatus,
 )
 from stepflow.workflows.requests import check_decision
+from stepflow.workflows.run_view import details_markdown
 from stepflow.workflows.validation import structural_issues
 from tests.support.control_tools import assert_mentions, history, timers, wait_step
 from tests.support.crash import sigkill, stop_worker, wait_for_journal
@@ -545,6 +548,29 @@ def test_plan_table_shows_each_step_and_what_it_uses() -> None:
     )
     assert "outputs: summary" in text
     assert plan_table({}).row_count == 0
+
+
+def test_the_web_uis_details_show_the_plan_under_the_steps() -> None:
+    plan = {
+        "steps": [
+            {"id": "look", "kind": "tool", "tool": "list_files"},
+            {"id": "th|nk", "kind": "agent", "depends_on": ["look"]},
+        ]
+    }
+    records = [
+        StepRecord(id="plan", kind="plan", status=StepStatus.RUNNING, plan=plan),
+        StepRecord(id="after", kind="tool"),
+    ]
+    text = details_markdown("demo", RunStatus.RUNNING, records, datetime(2026, 1, 1, tzinfo=UTC))
+
+    steps_table, _, plan_part = text.partition("plan of step **plan**")
+    assert "| after |" in steps_table
+    assert "| look | tool | list_files | - |" in plan_part
+    assert "| th\\|nk | agent | default model | look |" in plan_part  # a cell cannot end early
+    many = {"steps": [{"id": f"s{i}", "kind": "tool", "tool": "t"} for i in range(50)]}
+    record = StepRecord(id="plan", kind="plan", status=StepStatus.SUCCEEDED, plan=many)
+    text = details_markdown("demo", RunStatus.RUNNING, [record], datetime(2026, 1, 1, tzinfo=UTC))
+    assert "| s39 |" in text and "| s40 |" not in text and "... 10 more" in text
 
 
 # -- the schema a planner is given, and the offline planner --------------------------------------

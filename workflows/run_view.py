@@ -15,6 +15,7 @@ from pydantic_core import to_json
 
 from stepflow.workflows.control import RunStatus
 from stepflow.workflows.models import StepRecord, StepStatus, TokenUsage
+from stepflow.workflows.plan_rows import plan_rows
 from stepflow.workflows.records import QUIET, UsageByModel, add_by_model
 
 ACTIVE = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING)
@@ -125,7 +126,22 @@ def details_markdown(
         if record.child:  # `stepflow status <child>` shows it step by step
             state += f" · child `{_cell(record.child)}`"
         lines.append(f"| {record.id} | {state} | {attempts} | {_seconds(elapsed(record, now))} |")
+    for record in shown:
+        if record.plan is not None:
+            lines.extend(_plan_table(record))
     return "\n".join(lines)
+
+
+def _plan_table(record: StepRecord) -> list[str]:
+    """A plan step's plan under the steps: one row per planned step, as `stepflow status` has."""
+    rows = plan_rows(record.plan)
+    lines = ["", f"plan of step **{record.id}**", "", "| step | kind | tool / model | depends on |"]
+    lines.append("|---|---|---|---|")
+    for row in rows[:DETAILS_MAX_ROWS]:
+        lines.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
+    if len(rows) > DETAILS_MAX_ROWS:
+        lines.append(f"| ... {len(rows) - DETAILS_MAX_ROWS} more | | | |")
+    return lines
 
 
 def _cell(text: str) -> str:

@@ -75,6 +75,7 @@ PURE_PASSTHROUGH = tuple(
         "activity_options",
         "run_view",
         "requests",
+        "plan_rows",
     )
 )
 """Stepflow's pure helpers of workflow logic: functions of their arguments, no workflow API,
