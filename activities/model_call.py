@@ -272,8 +272,12 @@ async def _complete(
         completion: object = await client(endpoint).chat.completions.create(**request)
     except json.JSONDecodeError as err:
         raise InvalidReply(f"the model API answered with a body that is not JSON ({err})") from None
-    message = _reply_message(completion)
-    _check_refusal(completion, message)
+    try:
+        message = _reply_message(completion)
+        _check_refusal(completion, message)
+    except (InvalidReply, ModelRefused) as err:
+        err.usage = _completion_usage(completion)  # a 200 is paid for: the budgets are charged
+        raise
     # Content is required back in the chat when there are no tool calls: never None.
     raw: ChatMessage = {"role": "assistant", "content": message.content or ""}
     if message.tool_calls:
@@ -282,7 +286,24 @@ async def _complete(
     return raw, _usage(usage.model_dump() if isinstance(usage, BaseModel) else {})
 
 
-class InvalidReply(Exception):
+def _completion_usage(completion: object) -> TokenUsage | None:
+    """The tokens a completion reported; None when it reported none (or not readably)."""
+    usage = getattr(completion, "usage", None)
+    if not isinstance(usage, BaseModel):
+        return None
+    try:
+        return _usage(usage.model_dump())
+    except Exception:  # a reply of the wrong shape: its tokens are unknown
+        return None
+
+
+class PaidFailure(Exception):
+    """A reply that was paid for but cannot be used: it says what it cost (`usage`)."""
+
+    usage: TokenUsage | None = None
+
+
+class InvalidReply(PaidFailure):
     """The API answered 200 with something that is not a chat completion.
 
     A proxy's error page, a body cut off on the way, a wrong shape: retried
@@ -290,7 +311,7 @@ class InvalidReply(Exception):
     """
 
 
-class ModelRefused(Exception):
+class ModelRefused(PaidFailure):
     """The model answered 200 but refused: its content filter stopped it, or it said why not.
 
     Not retried (type `ModelContentRefused`): the same conversation is refused again, though
@@ -563,6 +584,10 @@ class ModelCallActivity:
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
             telemetry.model_call_ended(endpoint.name, started, error_type=failure.type)
+            paid = err.usage if isinstance(err, PaidFailure) else None
+            if paid is not None and paid.total_tokens:
+                # Refused or unusable, but answered and paid for: the budgets count it.
+                await budget.charge_budgets(call, budget.price_usage(call, endpoint, paid))
             raise failure from None
         usage = budget.price_usage(call, endpoint, usage)
         telemetry.model_call_ended(endpoint.name, started, usage)

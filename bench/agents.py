@@ -1,6 +1,7 @@
 """One agent step in Stepflow against the peers on Temporal, side by side.
 
     python bench/agents.py [--repeat R] [--concurrency C]      # defaults: R=5, C=20
+    python bench/agents.py --inline [--local-tools]             # Stepflow's step inline: true
     python bench/agents.py --turns 10,50,200 [--tool-result-bytes 8192]
 
 The peers (`pip install -e '.[bench]'`), each configured as its own docs say:
@@ -230,6 +231,11 @@ LOCAL_TOOLS: list[str] = []
 peers do not offer for a tool; the lookup is then counted from its local-activity marker."""
 
 
+INLINE: list[bool] = [False]
+"""`--inline`: Stepflow's agent step runs in the pipeline's workflow (`inline: true`), not a
+child workflow: the child's start and the task that takes its result are not made."""
+
+
 def stepflow_spec(prompt: str, turns: int) -> stepflow.PipelineSpec:
     step = {
         "id": "agent",
@@ -241,6 +247,8 @@ def stepflow_spec(prompt: str, turns: int) -> stepflow.PipelineSpec:
         "local_tools": LOCAL_TOOLS,
         "max_model_calls": turns,
     }
+    if INLINE[0]:
+        step["inline"] = True
     return stepflow.PipelineSpec.model_validate({"name": "bench-agents", "steps": [step]})
 
 
@@ -1226,6 +1234,11 @@ def main(argv: list[str] | None = None) -> int:
         help="Stepflow runs lookup as a local activity (its step's local_tools)",
     )
     parser.add_argument(
+        "--inline",
+        action="store_true",
+        help="Stepflow runs its agent step in the pipeline's workflow (the step's inline)",
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=20, help="runs started at once (default 20)"
     )
     parser.add_argument(
@@ -1270,6 +1283,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_tools:
         LOCAL_TOOLS.append(TOOL)
         print("Stepflow runs lookup as a local activity (--local-tools)")
+    if args.inline:
+        INLINE[0] = True
+        print("Stepflow runs its agent step in the pipeline's workflow (--inline)")
     return asyncio.run(bench(args, names))
 
 

@@ -58,8 +58,10 @@ from stepflow.runtime.connection import connect
 from stepflow.runtime.routing import task_routing, warn_unserved
 from stepflow.runtime.settings import Settings, get_settings
 from stepflow.workflows import control
-from stepflow.workflows.control import PipelineState, StepInput, StepRequest
+from stepflow.workflows.budget import BUDGET_QUERY, ledger_workflow_id
+from stepflow.workflows.control import PipelineState, RunStatus, StepInput, StepRequest
 from stepflow.workflows.models import (
+    BudgetSpent,
     PipelineInput,
     PipelineResult,
     PipelineSpec,
@@ -70,6 +72,9 @@ from stepflow.workflows.models import (
 from stepflow.workflows.pipeline import PIPELINE_FAILED, PipelineWorkflow
 from stepflow.workflows.run_view import total_usage
 from stepflow.workflows.validation import resolve_inputs
+
+LIVE_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.WAITING})
+"""Statuses of a run whose spend may still grow: its ledger has the latest."""
 
 
 class PipelineError(RuntimeError):
@@ -363,7 +368,8 @@ class StepflowClient:
                 state = await self._handle(workflow_id).query(
                     control.STATUS_QUERY, result_type=PipelineState, rpc_timeout=self.query_timeout
                 )
-                return await self._with_agent_progress(workflow_id, state)
+                state = await self._with_agent_progress(workflow_id, state)
+                return await self._with_live_budget(workflow_id, state)
             except RPCError as err:
                 if not timed_out(err):
                     raise
@@ -411,6 +417,26 @@ class StepflowClient:
 
         await asyncio.gather(*(ask(r) for r in running))
         state.usage = total_usage(state.steps)
+        return state
+
+    async def _with_live_budget(self, workflow_id: str, state: PipelineState) -> PipelineState:
+        """A running budgeted run: the spend its ledger has taken so far, calls of running
+        steps included (the run itself knows only what its steps reported).
+
+        The ledger is a workflow of its own (`<workflow id>.budget`); one that cannot answer
+        (not started: nothing charged yet) leaves the run's own view. An ended run's view,
+        the sum of its steps' usage, is final.
+        """
+        if state.budget is None or state.status not in LIVE_STATUSES:
+            return state
+        ledger = self.temporal.get_workflow_handle(ledger_workflow_id(workflow_id))
+        try:
+            live = await ledger.query(
+                BUDGET_QUERY, result_type=BudgetSpent, rpc_timeout=self.query_timeout
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            return state
+        state.budget = live.model_copy(update={"exceeded": live.exceeded or state.budget.exceeded})
         return state
 
     async def describe(self, workflow_id: str) -> RunSummary:

@@ -38,12 +38,13 @@ from stepflow.runtime.routing import MODELS, TOOLS, QueueService, served_queues
 from stepflow.runtime.settings import Settings
 from stepflow.runtime.telemetry import tracing_interceptors
 from stepflow.workflows.agent import AgentStepWorkflow
+from stepflow.workflows.budget import BudgetLedgerWorkflow
 from stepflow.workflows.pipeline import PipelineWorkflow
 from stepflow.workflows.sandbox import workflow_runner
 
 PLUGIN_NAME = "stepflow"
 
-WORKFLOWS: list[type] = [PipelineWorkflow, AgentStepWorkflow]
+WORKFLOWS: list[type] = [PipelineWorkflow, AgentStepWorkflow, BudgetLedgerWorkflow]
 
 WORKFLOW_FAILURE_TYPES: tuple[type[BaseException], ...] = ()
 """Exceptions that fail a run, rather than its workflow task, on every Stepflow workflow.

@@ -20,6 +20,7 @@ import pytest
 from rich.console import Console
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.activities.budget import price_usage, require_price
@@ -35,11 +36,14 @@ from stepflow.runtime.settings import ModelPrice, Settings
 from stepflow.runtime.telemetry import MODEL_COST
 from stepflow.worker import WORKER_READY_LINE, build_worker
 from stepflow.workflows.budget import (
+    BUDGET_LEDGER_WORKFLOW,
     RECENT_CHARGES,
     BudgetBook,
     BudgetCharge,
+    LedgerInput,
     budget_line,
     is_spent,
+    ledger_workflow_id,
     money,
     spend_text,
 )
@@ -56,15 +60,16 @@ from stepflow.workflows.models import (
     StepStatus,
     TokenUsage,
 )
-from stepflow.workflows.run_state import LedgerState, RunState
+from stepflow.workflows.run_state import LedgerState
 from tests.support.control_tools import current_details
 from tests.support.crash import stop_worker, wait_until
-from tests.support.helpers import agent, pipeline
+from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
     TEST_API_KEY,
     RecordedRequest,
     Reply,
     ScriptedModelServer,
+    refusal,
     text,
     tool_calls,
 )
@@ -191,16 +196,17 @@ def test_the_ledger_adds_charges_once_each_and_notes_a_refusal() -> None:
     assert len(book.state.charges) == RECENT_CHARGES and book.state.charges[-1] == "x265"
 
 
-def test_the_ledger_is_part_of_the_run_state_and_carried_over() -> None:
-    state = RunState.begin([("a", "agent")], None, _now())
-    state.ledger = LedgerState()
-    BudgetBook(BudgetSpec(tokens=10), state.ledger).charge(
-        "a#1", BudgetCharge(usage=TokenUsage(total_tokens=7, cost=0.5))
-    )
-    carried = RunState.model_validate_json(state.handover().model_dump_json())
-    after = RunState.begin([("a", "agent")], carried, _now())
-    assert after.ledger is not None and after.ledger.spent.total_tokens == 7
-    assert after.ledger.charges == ["a#1"]  # a repeated charge still counts once over there
+def test_the_ledger_workflow_carries_its_spend_and_charge_ids_over_continue_as_new() -> None:
+    book = BudgetBook(BudgetSpec(tokens=10), LedgerState())
+    book.charge("a#1", BudgetCharge(usage=TokenUsage(total_tokens=7, cost=0.5)))
+    handed = LedgerInput(run_id="run-1", budget=book.budget, state=book.state, last_charge=_now())
+    after = LedgerInput.model_validate_json(handed.model_dump_json())
+    assert after.state.spent.total_tokens == 7 and after.run_id == "run-1"
+    assert after.state.charges == ["a#1"]  # a repeated charge still counts once over there
+    again = BudgetBook(after.budget, after.state)
+    assert not again.charge("a#1", BudgetCharge(usage=TokenUsage(total_tokens=7)))
+    # Its own workflow, beside the run's; never an agent step's (`<run>/<step id>`).
+    assert ledger_workflow_id("research-3f2a9c1d") == "research-3f2a9c1d.budget"
 
 
 def test_spend_reads_as_money_and_tokens_against_the_budget() -> None:
@@ -502,8 +508,15 @@ async def test_status_watch_and_the_web_ui_details_show_the_spend_while_it_runs(
         assert state.budget is not None
         assert budget_line(state.budget) == "budget: $0.0028 of $2.50 · 1,000 tokens"
         assert "budget: $0.0028 of $2.50" in (usage_line(state) or "")
-        details = await current_details(temporal_client.get_workflow_handle(run.workflow_id))
-        heading, blank, spend = details.splitlines()[:3]
+        # The details show what the run's records say: the first step's spend once it ended.
+        handle = temporal_client.get_workflow_handle(run.workflow_id)
+
+        async def first_step_shown() -> bool:
+            details = await current_details(handle)
+            return "budget: $0.0028 of $2.50 · 1,000 tokens" in details
+
+        await wait_until(first_step_shown, "the details did not show the first step's spend")
+        heading, blank, spend = (await current_details(handle)).splitlines()[:3]
         assert heading.startswith("**test** · RUNNING") and blank == ""
         assert spend == "budget: $0.0028 of $2.50 · 1,000 tokens"
         lines = watched(state)
@@ -550,7 +563,7 @@ async def test_what_a_budget_costs_a_model_call(
     model_server: ScriptedModelServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The query and the charge per call: events and workflow tasks in the ledger's history."""
+    """The query and the charge per call: events in the ledger's history, and none in the run's."""
     priced_models(monkeypatch, model_server, priced=PRICE)
 
     def tooled(request: RecordedRequest) -> Reply:
@@ -560,6 +573,7 @@ async def test_what_a_budget_costs_a_model_call(
     calls = 20
     timings = {}
     events = {}
+    ledger = (0, 0)
     for budget in (None, {"tokens": 10_000_000}):
         spec = pipeline(
             agent("a", tools=["echo"], max_model_calls=calls, on_failure="continue"),
@@ -570,17 +584,22 @@ async def test_what_a_budget_costs_a_model_call(
         result = await stepflow.get_result(run.workflow_id)
         timings[budget is not None] = time.monotonic() - started
         assert result.usage.model_calls == calls
-        # The pipeline run keeps the ledger.
         events[budget is not None] = await _history_counts(temporal_client, run.workflow_id)
+        if budget:
+            ledger = await _history_counts(temporal_client, ledger_workflow_id(run.workflow_id))
     plain, budgeted = events[False], events[True]
-    added_events = (budgeted[0] - plain[0]) / calls
-    added_tasks = (budgeted[1] - plain[1]) / calls
+    in_ledger = ledger[0] / calls
+    ledger_tasks = ledger[1] / calls
+    in_run = budgeted[0] - plain[0]
     per_call_ms = (timings[True] - timings[False]) * 1000 / calls
     print(
-        f"\nper model call under a budget: +{added_events:.1f} events, "
-        f"+{added_tasks:.1f} workflow tasks in the ledger's run, {per_call_ms:+.1f} ms"
+        f"\nper model call under a budget: {in_ledger:.1f} events, {ledger_tasks:.1f} workflow "
+        f"tasks in the ledger's history, {per_call_ms:+.1f} ms; the run's history: "
+        f"{in_run:+d} events in all"
     )
-    assert added_events <= 6 and added_tasks <= 1.2  # 5 and 1 measured: room for a busy box
+    assert in_ledger <= 7 and ledger_tasks <= 1.2  # 5 and 1 measured: room for a busy box
+    # The run itself: the signal that closes its ledger, whatever the number of calls.
+    assert in_run <= 6  # 5 measured: the signal, and the workflow task that sends it
 
 
 async def _history_counts(client: Client, workflow_id: str) -> tuple[int, int]:
@@ -667,3 +686,156 @@ async def test_the_worker_counts_what_model_calls_cost_in_dollars(
             await wait_until(counted, "the cost metric did not reach the run's cost")
     finally:
         stop_worker(process)
+
+
+# -- the ledger workflow: limits it must never reach ---------------------------------------------
+
+
+async def _ledger_result(client: Client, run_id: str) -> BudgetSpent:
+    """What the ledger of run `run_id` had taken when it closed (at the run's end)."""
+    ledger = client.get_workflow_handle(ledger_workflow_id(run_id), result_type=BudgetSpent)
+    return await ledger.result()
+
+
+async def _ledger_runs(client: Client, run_id: str) -> list[str]:
+    """Statuses of the ledger's runs, oldest first (CONTINUED_AS_NEW, then COMPLETED...)."""
+    ledger = ledger_workflow_id(run_id)
+    runs = [
+        execution
+        async for execution in client.list_workflows(
+            f"WorkflowId = '{ledger}' AND WorkflowType = '{BUDGET_LEDGER_WORKFLOW}'"
+        )
+    ]
+    runs.sort(key=lambda execution: execution.start_time)
+    return [execution.status.name if execution.status else "" for execution in runs]
+
+
+async def test_one_long_step_charges_past_one_ledger_run_and_the_spend_stays_exact(
+    settings: Settings, model_server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More charges than one run of the ledger takes before the server suggests continuing as
+    new (here at 100 events, some 20 charges; by default 4,096 events, and Temporal refuses
+    any update past a run's 2,000th): every charge counts, and the budget stops the step at
+    exactly its last call, in a single step that never lets its pipeline continue as new."""
+    priced_models(monkeypatch, model_server, priced=PRICE)
+    model_server.respond_with(busy_agent_fast)
+    calls = 70
+    spec = pipeline(
+        agent("long", tools=["echo"], max_model_calls=calls + 20, on_failure="continue"),
+        budget={"tokens": calls * CALL_TOKENS, "cost": 1.0},
+    )
+    env = await start_ephemeral_environment(extra_flags=continue_as_new_early(100))
+    try:
+        tools = load_tool_modules(settings.tool_modules)
+        async with build_worker(env.client, settings, tools=tools):
+            stepflow = StepflowClient(env.client, settings=settings)
+            run = await stepflow.start_pipeline(spec)
+            result = await stepflow.get_result(run.workflow_id)
+            closed = await _ledger_result(env.client, run.workflow_id)  # its run closed it
+
+            async def all_listed() -> bool:
+                return (await _ledger_runs(env.client, run.workflow_id))[-1:] == ["COMPLETED"]
+
+            await wait_until(all_listed, "the ledger's last run is not listed as completed")
+            runs = await _ledger_runs(env.client, run.workflow_id)
+    finally:
+        await env.shutdown()
+
+    record = result.step("long")
+    assert record.error_type == ErrorType.BUDGET_EXCEEDED, record.error
+    # One step, one call at a time: the budget stops it at the call that spent it.
+    assert len(model_server.requests) == calls == result.usage.model_calls
+    assert result.budget is not None and result.budget.exceeded
+    assert result.budget.spent.total_tokens == calls * CALL_TOKENS
+    assert closed.spent.total_tokens == calls * CALL_TOKENS and closed.exceeded
+    assert closed.spent.model_calls == calls
+    assert closed.spent.cost == pytest.approx(calls * CALL_COST)
+    # The ledger went on in fresh runs: no run of it came near Temporal's limits.
+    assert len(runs) >= 3 and set(runs[:-1]) == {"CONTINUED_AS_NEW"}, runs
+    print(f"\nledger runs for {calls} charges: {len(runs)}")
+
+
+def busy_agent_fast(request: RecordedRequest) -> Reply:
+    return tool_calls(("echo", {"value": "again"}), usage=CALL)
+
+
+async def test_twenty_five_steps_charging_at_once_lose_no_charge(
+    settings: Settings,
+    model_server: ScriptedModelServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Temporal takes a few updates in flight per workflow (10 by default; 2 on this server, so
+    that 25 charges at once surely pass it): a charge refused for that is tried again with the
+    same id, and counts once."""
+    priced_models(monkeypatch, model_server, priced=PRICE)
+
+    def together(request: RecordedRequest) -> Reply:
+        # Replies held a while, so that 25 charges arrive at the ledger together.
+        return tool_calls(("echo", {"value": "again"}), usage=CALL, delay=0.3)
+
+    model_server.respond_with(together)
+    steps = [
+        agent(f"a{n}", tools=["echo"], max_model_calls=3, on_failure="continue") for n in range(25)
+    ]
+    spec = pipeline(*steps, budget={"tokens": 10_000_000}, max_concurrency=25)
+    flags = ["--dynamic-config-value", "history.maxInFlightUpdates=2"]
+    env = await start_ephemeral_environment(extra_flags=flags)
+    try:
+        tools = load_tool_modules(settings.tool_modules)
+        async with build_worker(env.client, settings, tools=tools):
+            stepflow = StepflowClient(env.client, settings=settings)
+            run = await stepflow.start_pipeline(spec)
+            result = await stepflow.get_result(run.workflow_id)
+            closed = await _ledger_result(env.client, run.workflow_id)
+    finally:
+        await env.shutdown()
+
+    calls = len(model_server.requests)
+    assert calls == 25 * 3 == result.usage.model_calls
+    assert closed.spent.model_calls == calls  # every charge counted, once
+    assert closed.spent.total_tokens == calls * CALL_TOKENS
+    assert result.budget is not None and result.budget.spent == closed.spent
+    assert not closed.exceeded and not result.budget.exceeded
+    # Refused charges were tried again (by the SDK's own retries of a refused request, or
+    # ours), never given up.
+    assert "budget not charged" not in capfd.readouterr().out
+
+
+async def test_a_refused_reply_was_paid_for_and_is_charged(
+    worker: None,
+    stepflow: StepflowClient,
+    temporal_client: Client,
+    model_server: ScriptedModelServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 200 that refused (or was stopped by the content filter) fails the step, but it cost
+    its tokens: the budget counts them."""
+    priced_models(monkeypatch, model_server, priced=PRICE)
+    model_server.play(
+        refusal("I cannot help with that", usage=CALL),
+        text("", finish_reason="content_filter", usage=CALL),
+    )
+    spec = pipeline(
+        agent("a", on_failure="continue"), agent("b", on_failure="continue"), budget={"cost": 1.0}
+    )
+    run = await stepflow.start_pipeline(spec)
+    result = await stepflow.get_result(run.workflow_id)
+    closed = await _ledger_result(temporal_client, run.workflow_id)
+
+    assert [r.error_type for r in result.steps] == [ErrorType.MODEL_CONTENT_REFUSED] * 2
+    assert closed.spent.total_tokens == 2 * CALL_TOKENS
+    assert closed.spent.cost == pytest.approx(2 * CALL_COST)
+
+
+async def test_a_budgeted_run_without_model_calls_starts_no_ledger(
+    worker: None, stepflow: StepflowClient, temporal_client: Client
+) -> None:
+    """Nothing charged, nothing started: closing a ledger that never was fails nothing."""
+    spec = pipeline(step("t", "echo", args={"value": 1}), budget={"tokens": 10})
+    run = await stepflow.start_pipeline(spec)
+    result = await stepflow.get_result(run.workflow_id)
+    assert result.status is PipelineStatus.SUCCEEDED, result.error
+    assert result.budget is not None and result.budget.spent.total_tokens == 0
+    with pytest.raises(RPCError, match="not found"):
+        await temporal_client.get_workflow_handle(ledger_workflow_id(run.workflow_id)).describe()

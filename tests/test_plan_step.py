@@ -493,6 +493,23 @@ def test_structural_checks_of_plan_steps() -> None:
     assert "for_each" not in PipelineSpec.model_json_schema()["$defs"]["PlanStep"]["properties"]
 
 
+def test_a_plan_steps_approval_message_is_checked_like_its_other_templates() -> None:
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "p",
+            "steps": [
+                plan_step("a", approve={"message": "Run it for {{ steps.b.output }}?"}),
+                plan_step("b"),
+            ],
+        }
+    )
+    messages = [str(issue) for issue in structural_issues(spec)]
+    assert any(
+        m.startswith("step 'a': approve.message: {{ steps.b.output }} uses step 'b'")
+        for m in messages
+    ), messages
+
+
 # -- the plan check and the table, without a server --------------------------------------------
 
 

@@ -82,7 +82,7 @@ async def test_build_workers_from_a_connected_client_configure_each_worker_once(
         assert len(names) == len(set(names)), names
         assert config.get("interceptors") == []  # tracing is off: the client's plugin adds none
     main, models = (w.config(active_config=True) for w in workers)
-    assert len(main["workflows"]) == 2 and not models["workflows"]
+    assert len(main["workflows"]) == 3 and not models["workflows"]
     main_names = {activity._Definition.must_from_callable(a).name for a in main["activities"]}
     assert {"model_call", "tool_echo", "tool_flaky"} <= main_names
 
@@ -221,4 +221,5 @@ def test_activity_and_workflow_names_are_unchanged() -> None:
     assert [workflow._Definition.must_from_class(w).name for w in WORKFLOWS] == [
         "stepflow_pipeline",
         "stepflow_agent_step",
+        "stepflow_budget_ledger",
     ]

@@ -1,44 +1,73 @@
-"""Run budgets: the ledger a pipeline run with a `budget` keeps, and how spend reads.
+"""Run budgets: the ledger workflow that keeps a budgeted run's spend, and how spend reads.
 
-A run whose spec has `budget: {tokens: ..., cost: ...}` keeps a ledger of what
-the model calls under it spent: its own agent and plan steps' and those of every
+A run whose spec has `budget: {tokens: ..., cost: ...}` has a ledger of what the
+model calls under it spent: its own agent and plan steps' and those of every
 child run (loop iterations, for_each batches, sub-pipelines, plans), which are
-handed the ledger (`PipelineInput.budgets`). Each model call, on the worker
-(`activities.budget`):
+handed the ledger (`PipelineInput.budgets`). The ledger is a small workflow of
+its own, `BudgetLedgerWorkflow` (id `<run's workflow id>.budget`), not the
+pipeline run: a run's model calls may number in the thousands, and Temporal
+takes at most 2,000 updates in one run of a workflow (10 at a time) and warns
+past 10,240 events. The ledger continues as new whenever the server suggests
+it, carrying its few fields, so neither limit is ever reached, and the
+pipeline's history holds nothing of the charges.
+
+Each model call, on the worker (`activities.budget`):
 
 - before it starts, asks every ledger above it (query `stepflow_budget`) and is
-  refused, `BudgetExceeded`, if one is spent;
+  refused, `BudgetExceeded`, if one is spent (a ledger not started yet has
+  spent nothing);
 - after its reply, charges what it cost to every ledger (update
-  `stepflow_budget_charge`, whose update id is the charge id: Temporal counts a
-  repeated request once, and the ledger keeps the latest ids to do the same
-  across continue-as-new).
+  `stepflow_budget_charge` with start: the first charge starts the ledger; the
+  update id is the charge id, so a repeated request counts once: Temporal
+  dedupes within one run, the ledger's own list of recent ids across runs).
 
-Checked before and charged after, a run overshoots its budget by at most the
-calls that were already under way when it ran out: one per agent step running
-at that moment. A run without a budget pays nothing for any of this.
-
-Pure except `BudgetBook.register`, which installs the handlers in the running
-workflow; the spend texts are shared by the workflow, the worker and the client.
+The pipeline signals its ledger to close (`stepflow_budget_close`) when it
+ends; a ledger whose run never said so (a terminated run) closes itself after
+`LEDGER_IDLE` without a charge. The pipeline never reads the ledger: its
+result's `budget` is the sum of its steps' usage (`spent_by_records`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
 
-from stepflow.workflows.models import BudgetSpec, BudgetSpent, TokenUsage
+from stepflow.workflows.errors import ErrorType
+from stepflow.workflows.models import BudgetSpec, BudgetSpent, StepRecord, TokenUsage
 from stepflow.workflows.run_state import LedgerState
 
+BUDGET_LEDGER_WORKFLOW = "stepflow_budget_ledger"
+"""The workflow type of a budgeted run's ledger (`BudgetLedgerWorkflow`)."""
+
 BUDGET_QUERY = "stepflow_budget"
-"""Query of a run with a budget: its `BudgetSpent`."""
+"""Query of a ledger: its `BudgetSpent`."""
 
 BUDGET_CHARGE = "stepflow_budget_charge"
-"""Update of a run with a budget: add one model call's cost (`BudgetCharge`)."""
+"""Update of a ledger: add one model call's cost (`BudgetCharge`)."""
+
+BUDGET_CLOSE = "stepflow_budget_close"
+"""Signal from the budgeted run to its ledger, at the run's end: the ledger closes."""
+
+LEDGER_SUFFIX = ".budget"
+"""A ledger's workflow id is its run's plus this (`research-3f2a9c1d.budget`).
+
+Not `/budget`: an agent step's workflow id is `<run's id>/<step id>`, and `budget` is a
+valid step id. A step id holds no `.`, and the 7 bytes fit the room the workflow-id
+length check (`client.loading.limit_issues`) leaves for any step nested in the run."""
+
+LEDGER_IDLE = timedelta(days=7)
+"""A ledger that has taken no charge for this long closes by itself (its run ended unheard)."""
 
 RECENT_CHARGES = 256
 """Charge ids a ledger keeps for its own dedupe (Temporal's covers one run of the chain)."""
+
+
+def ledger_workflow_id(run_id: str) -> str:
+    """The workflow id of the ledger of the budgeted run `run_id` (its chain's workflow id)."""
+    return f"{run_id}{LEDGER_SUFFIX}"
 
 
 class BudgetCharge(BaseModel):
@@ -86,8 +115,36 @@ def budget_line(view: BudgetSpent) -> str:
     return line
 
 
+def refusal_note(run_id: str) -> str:
+    """How a refused call's message names the budget that refused it (`activities.budget`)."""
+    return f"(the budget of run {run_id})"
+
+
+def refused_in(records: Iterable[StepRecord], run_id: str) -> bool:
+    """Whether a step of the run failed because the budget of run `run_id` was spent.
+
+    A step's own record, or (a for_each whose failed instances were let go) one of its
+    instances' places in the output. A refusal inside a child run whose step let it go
+    (`on_failure: continue` in a sub-pipeline) leaves no trace up here.
+    """
+    note = refusal_note(run_id)
+    refused = str(ErrorType.BUDGET_EXCEEDED)
+    for record in records:
+        if record.error_type == refused and note in (record.error or ""):
+            return True
+        if record.items is not None and isinstance(record.output, list):
+            for item in record.output:
+                if (
+                    isinstance(item, dict)
+                    and item.get("error_type") == refused
+                    and note in str(item.get("error") or "")
+                ):
+                    return True
+    return False
+
+
 class BudgetBook:
-    """The ledger of one pipeline run: its budget and its `LedgerState` (part of `RunState`)."""
+    """A ledger's budget and its `LedgerState`: the charges it took, once each."""
 
     def __init__(self, budget: BudgetSpec, state: LedgerState) -> None:
         self.budget = budget
@@ -111,23 +168,84 @@ class BudgetBook:
             state.refused = True
         return True
 
-    def register(self, changed: Callable[[], None]) -> None:
-        """Install the query and the update in the running workflow (from `@workflow.init`).
 
-        `changed` is called after a charge counted: the run refreshes its details, and
-        notes that this workflow task accepted an update.
-        """
+class LedgerInput(BaseModel):
+    """What `BudgetLedgerWorkflow` starts with: the first charge's, or its previous run's."""
 
-        def query() -> BudgetSpent:
-            return self.view()
+    run_id: str = Field(description="The workflow id of the budgeted pipeline run.")
+    budget: BudgetSpec
+    state: LedgerState = Field(default_factory=LedgerState)
+    last_charge: datetime | None = Field(
+        default=None, description="Carried over: when the ledger last took a charge."
+    )
 
-        def update(charge: BudgetCharge) -> BudgetSpent:
-            info = workflow.current_update_info()
-            if self.charge(info.id if info else None, charge):
-                changed()
-            return self.view()
 
-        # The SDK reads the payload's type from the annotations.
-        update.__annotations__ = {"charge": BudgetCharge, "return": BudgetSpent}
-        workflow.set_query_handler(BUDGET_QUERY, query)
-        workflow.set_update_handler(BUDGET_CHARGE, update)
+@workflow.defn(name=BUDGET_LEDGER_WORKFLOW)
+class BudgetLedgerWorkflow:
+    """The ledger of one budgeted pipeline run. Input `LedgerInput`, result `BudgetSpent`.
+
+    Answers `stepflow_budget` and `stepflow_budget_charge`; continues as new when the
+    server suggests it (its history grows by about 5 events a charge), and ends on
+    `stepflow_budget_close` or after `LEDGER_IDLE` without a charge.
+    """
+
+    @workflow.init
+    def __init__(self, input: LedgerInput) -> None:
+        self.book = BudgetBook(input.budget, input.state)
+        self.closed = False
+        self.last_charge = input.last_charge or workflow.now()
+
+    @workflow.run
+    async def run(self, input: LedgerInput) -> BudgetSpent:
+        workflow.set_current_details(f"budget of run {input.run_id}")
+        while not self.closed:
+            idle = self.last_charge + LEDGER_IDLE - workflow.now()
+            if idle <= timedelta(0):
+                workflow.logger.info("budget ledger idle for %s: closing", LEDGER_IDLE)
+                break
+            try:
+                # One timer a week, not one per charge: a charge only moves `last_charge`.
+                await workflow.wait_condition(
+                    lambda: self.closed or workflow.info().is_continue_as_new_suggested(),
+                    timeout=idle,
+                    timeout_summary="close when idle",
+                )
+            except TimeoutError:
+                continue
+            if not self.closed:
+                # Every charge taken is in the state handed over; none is half-done.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    LedgerInput(
+                        run_id=input.run_id,
+                        budget=input.budget,
+                        state=self.book.state,
+                        last_charge=self.last_charge,
+                    )
+                )
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.book.view()
+
+    @workflow.query(name=BUDGET_QUERY)
+    def spent(self) -> BudgetSpent:
+        return self.book.view()
+
+    @workflow.update(name=BUDGET_CHARGE)
+    def charge(self, charge: BudgetCharge) -> BudgetSpent:
+        info = workflow.current_update_info()
+        if self.book.charge(info.id if info else None, charge):
+            self.last_charge = workflow.now()
+        return self.book.view()
+
+    @workflow.signal(name=BUDGET_CLOSE)
+    def close(self) -> None:
+        self.closed = True
+
+
+def spent_by_records(
+    budget: BudgetSpec, run_id: str, usage: TokenUsage, records: Iterable[StepRecord]
+) -> BudgetSpent:
+    """A run's spend as its records tell it: every step's usage (`usage`), and whether a step
+    was refused for this run's budget. At the run's end, when every step has ended, this is
+    what the ledger took (unless a charge was lost: the worker logged a warning then)."""
+    return BudgetSpent(budget=budget, spent=usage, exceeded=refused_in(records, run_id))

@@ -107,15 +107,22 @@ def tool_call_queue(routing: TaskRouting | None, tool: str) -> dict[str, Any]:
 
 
 class BudgetLedger(BaseModel):
-    """A pipeline run that keeps what its model calls (and its children's) have spent.
+    """The budget of a pipeline run, and where what its model calls (and its children's)
+    have spent is kept.
 
-    A run whose spec has a `budget` keeps its own ledger and hands it, with its
-    parent's, to every child; each model call checks every ledger of its run before
-    it starts and adds what it spent after (`activities.budget`).
+    A run whose spec has a `budget` has its own ledger, a workflow of its own
+    (`workflows.budget.BudgetLedgerWorkflow`, id `<workflow_id>.budget`), and hands it,
+    with its parent's, to every child; each model call checks every ledger of its run
+    before it starts and adds what it spent after (`activities.budget`).
     """
 
-    workflow_id: str = Field(description="The pipeline run that keeps the ledger.")
+    workflow_id: str = Field(description="The budgeted pipeline run (its chain's workflow id).")
     budget: BudgetSpec
+    task_queue: str | None = Field(
+        default=None,
+        description="The run's task queue, served by workflow workers: where the first "
+        "charge starts the ledger workflow (None: the model call's own queue).",
+    )
 
 
 class BudgetSpent(BaseModel):

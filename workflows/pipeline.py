@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 from temporalio import workflow
 
 from stepflow.workflows import models, run_control
-from stepflow.workflows.budget import BudgetBook, budget_line
+from stepflow.workflows.budget import (
+    BUDGET_CLOSE,
+    budget_line,
+    ledger_workflow_id,
+    spent_by_records,
+)
 from stepflow.workflows.control import (
     STATUS_QUERY,
     STEP_PROGRESS,
@@ -50,7 +55,7 @@ from stepflow.workflows.models import (
     StepStatus,
 )
 from stepflow.workflows.run_result import reused, run_result
-from stepflow.workflows.run_state import LedgerState, RunState, cancel_message
+from stepflow.workflows.run_state import RunState, cancel_message
 from stepflow.workflows.run_view import (
     counts,
     live_status,
@@ -164,13 +169,8 @@ class PipelineWorkflow:
         run_control.register(
             self
         )  # before any handler runs: a cancel_step in the first task settles
-        self._budget: BudgetBook | None = None
-        """A run with a `budget`: its ledger, which the model calls under it check and charge."""
-        if spec.budget is not None:
-            # Old histories have no budget: nothing here changes what they replay.
-            self.state.ledger = self.state.ledger or LedgerState()
-            self._budget = BudgetBook(spec.budget, self.state.ledger)
-            self._budget.register(self._charged)
+        self._budget_line: tuple[object, str] | None = None
+        """The details' spend line, and the step counts it was made at (`_spend_line`)."""
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -234,6 +234,7 @@ class PipelineWorkflow:
         except asyncio.CancelledError:
             await self._cancel_all("pipeline was cancelled")
             self._end(RunStatus.CANCELLED, "the run was cancelled")
+            await self._close_ledger()
             await self._answer_updates_before_closing()
             raise
 
@@ -242,6 +243,7 @@ class PipelineWorkflow:
             RunStatus.FAILED if result.status is PipelineStatus.FAILED else RunStatus.SUCCEEDED,
             result.error,
         )
+        await self._close_ledger()
         await self._answer_updates_before_closing()
         if result.status is PipelineStatus.FAILED:
             raise ErrorType.PIPELINE_FAILED.error(
@@ -314,7 +316,9 @@ class PipelineWorkflow:
         by workflow id alone reaches the child's current run, whichever it is.
         """
         self._tasks[step_id].cancel()
-        if isinstance(self.steps[step_id], AgentStep) and workflow.patched(CANCEL_CHAIN_PATCH):
+        step = self.steps[step_id]
+        # An inline agent step has no child: cancelling its task cancels its activities.
+        if isinstance(step, AgentStep) and not step.inline and workflow.patched(CANCEL_CHAIN_PATCH):
             child = workflow.get_external_workflow_handle(agent_workflow_id(step_id))
 
             async def cancel() -> None:
@@ -481,30 +485,63 @@ class PipelineWorkflow:
 
     def publish(self) -> None:
         self._visibility.publish(self._run_status())
-        if self._budget is not None:
+        if self.spec.budget is not None:
             # The spend goes under the details' heading: `budget: $0.42 of $2.50 · ...`.
             heading, _, rest = workflow.get_current_details().partition("\n")
-            line = budget_line(self._budget.view())
-            workflow.set_current_details(f"{heading}\n\n{line}\n{rest}")
+            workflow.set_current_details(f"{heading}\n\n{self._spend_line()}\n{rest}")
+
+    def _spend_line(self) -> str:
+        """The details' spend line: what the steps' records say, made again only once a step
+        changed status (summing every record at each publish would cost big runs dearly)."""
+        key = tuple(sorted(self.state.counts.items()))
+        if self._budget_line is None or self._budget_line[0] != key:
+            spent = self._spent()
+            self._budget_line = (key, budget_line(spent) if spent is not None else "")
+        return self._budget_line[1]
 
     # -- the budget ---------------------------------------------------------------------
 
     def _ledgers(self, input: PipelineInput) -> list[BudgetLedger]:
-        """The ledgers this run's model calls check and charge: its parents', then its own."""
+        """The ledgers this run's model calls check and charge: its parents', then its own.
+
+        Its own is a workflow of its own (`workflows.budget.BudgetLedgerWorkflow`), which
+        the first charge starts on this run's task queue: workflow workers serve it.
+        """
         ledgers = list(input.budgets)
         if self.spec.budget is not None:
+            info = workflow.info()
             ledgers.append(
-                BudgetLedger(workflow_id=workflow.info().workflow_id, budget=self.spec.budget)
+                BudgetLedger(
+                    workflow_id=info.workflow_id,
+                    budget=self.spec.budget,
+                    task_queue=info.task_queue,
+                )
             )
         return ledgers
 
     def _spent(self) -> BudgetSpent | None:
-        return self._budget.view() if self._budget is not None else None
+        """The spend as the records tell it: exact once every step has ended (the result);
+        while steps run, their calls since their last report are missing (the client asks
+        the ledger itself for the live spend)."""
+        if self.spec.budget is None:
+            return None
+        records = self.state.records
+        return spent_by_records(
+            self.spec.budget, workflow.info().workflow_id, total_usage(records), records
+        )
 
-    def _charged(self) -> None:
-        """A model call charged the ledger (an update): the details show the spend."""
-        self.note_update()
-        self.publish()
+    async def _close_ledger(self) -> None:
+        """At the run's end: its ledger closes (one never started, as nothing was charged:
+        the signal fails, and nothing else does)."""
+        if self.spec.budget is None:
+            return
+        ledger = workflow.get_external_workflow_handle(
+            ledger_workflow_id(workflow.info().workflow_id)
+        )
+        try:
+            await ledger.signal(BUDGET_CLOSE)
+        except Exception:
+            workflow.logger.debug("budget ledger not closed: it was never started")
 
     def _end(self, status: RunStatus, error: str | None) -> None:
         self._ended = status

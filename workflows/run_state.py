@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 class LedgerState(BaseModel):
     """A run's budget ledger: what its model calls, its children's included, have spent.
 
-    Kept by a run whose spec has a `budget` (`workflows.budget`), and carried across
-    continue-as-new with the rest of the state.
+    Kept by the ledger workflow of a run whose spec has a `budget`
+    (`workflows.budget.BudgetLedgerWorkflow`), and carried across its continue-as-new.
     """
 
     spent: TokenUsage = Field(default_factory=TokenUsage)
@@ -70,7 +70,9 @@ class RunState(BaseModel):
     )
     runs: int = Field(default=1, description="Runs of the chain before the one this starts.")
     ledger: LedgerState | None = Field(
-        default=None, description="A run with a `budget`: what it has spent against it."
+        default=None,
+        description="Unused: the spend of a run with a `budget` is kept by its ledger workflow. "
+        "Runs of a build that kept it here (only ever in tests) still parse.",
     )
 
     _index: dict[str, StepRecord] = PrivateAttr(default_factory=dict)

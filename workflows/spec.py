@@ -258,6 +258,12 @@ OutputSchema = dict[str, Any] | str
 """An inline JSON schema, or the import path of a pydantic model: `"package.module:Model"`."""
 
 
+MAX_INLINE_MODEL_CALLS = 50
+"""An inline agent step's `max_model_calls`, at most: its calls go into the pipeline's history,
+which does not continue as new while a step runs (an agent child does, between calls). Fifty
+turns of a few KB each stay well inside the 10,240 events and 50 MB Temporal allows a history."""
+
+
 class AgentStep(ActivityStepBase, ForEachFields):
     """A conversation with a model that may call tools, run as a child `AgentStepWorkflow`.
 
@@ -294,6 +300,14 @@ class AgentStep(ActivityStepBase, ForEachFields):
     )
     max_model_calls: int = Field(
         default=10, ge=1, le=1000, description="The step fails when it has made this many calls."
+    )
+    inline: bool = Field(
+        default=False,
+        description="Run the loop in the pipeline's own workflow, not a child workflow: fewer "
+        "workflow tasks and round trips per step. Its model and tool calls go into the "
+        "pipeline's history, which never continues as new mid-step, and the Web UI shows no "
+        "child for it: keep it for short agents "
+        f"(max_model_calls at most {MAX_INLINE_MODEL_CALLS}).",
     )
     tool_calls: Literal["parallel", "sequential"] = Field(
         default="parallel", description="Run the tool calls of one model reply at once or in turn."

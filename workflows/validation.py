@@ -28,6 +28,7 @@ from stepflow.workflows.models import (
     Step,
     ToolStep,
 )
+from stepflow.workflows.spec import MAX_INLINE_MODEL_CALLS
 from stepflow.workflows.spec_issues import MAX_ISSUE_LENGTH as MAX_ISSUE_LENGTH
 from stepflow.workflows.spec_issues import SpecError as SpecError
 from stepflow.workflows.spec_issues import SpecIssue as SpecIssue
@@ -145,6 +146,16 @@ def _steps_issues(
                 issues.append(
                     SpecIssue(f"tool {tool!r} is not in the step's tools", step.id, "local_tools")
                 )
+            if step.inline and step.max_model_calls > MAX_INLINE_MODEL_CALLS:
+                issues.append(
+                    SpecIssue(
+                        f"an inline agent step makes at most {MAX_INLINE_MODEL_CALLS} model "
+                        f"calls (its calls go into the pipeline's history), not "
+                        f"{step.max_model_calls}: lower it, or drop `inline`",
+                        step.id,
+                        "max_model_calls",
+                    )
+                )
         # `fail` is what happens anyway (and what runs recorded before it was optional carry).
         if isinstance(step, ApprovalStep) and not step.timeout and step.on_timeout in _DECIDES:
             issues.append(SpecIssue("has no effect without a timeout", step.id, "on_timeout"))
@@ -261,6 +272,8 @@ def templated_fields(step: Step) -> list[tuple[str, Any]]:
     for_each = getattr(step, "for_each", None)
     if for_each is not None:
         fields.append(("for_each", for_each))
+    if isinstance(step, PlanStep) and isinstance(step.approve, PlanApproval):
+        fields.append(("approve.message", step.approve.message))
     if isinstance(step, AgentStep | PlanStep):
         return [*fields, ("instructions", step.instructions), ("input", step.input)]
     if isinstance(step, ToolStep):

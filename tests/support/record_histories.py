@@ -57,7 +57,13 @@ from stepflow.workflows.control import (
 )
 from stepflow.workflows.models import PipelineSpec
 from tests.support.helpers import agent, pipeline, step
-from tests.support.model_server import ScriptedModelServer, json_answer, text, tool_calls
+from tests.support.model_server import (
+    ScriptedModelServer,
+    error,
+    json_answer,
+    text,
+    tool_calls,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HISTORIES = ROOT / "tests" / "histories"
@@ -113,6 +119,35 @@ async def agent_scripted(stepflow: StepflowClient, server: ScriptedModelServer) 
         name="agent-scripted",
     )
     return await _run(stepflow, "agent-scripted", spec)
+
+
+async def agent_inline(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """`inline: true`: the loop in the pipeline's history: a retried call (its report a signal
+    to the pipeline), tool calls (one local, one refused), a repaired answer, then a step."""
+    server.play(
+        error(429, "slow down", headers={"retry-after-ms": "100"}),
+        tool_calls(("echo", {"value": 1}), ("word_count", {"text": "a b c"}), ("nope", {})),
+        json_answer({"verdict": "maybe"}),
+        json_answer({"verdict": "approve"}),
+    )
+    spec = pipeline(
+        agent(
+            "review",
+            tools=["echo", "word_count"],
+            local_tools=["echo"],
+            input={"draft": "text"},
+            inline=True,
+            model_retry={"initial_interval": "100ms", "max_attempts": 3},
+            output_schema={
+                "type": "object",
+                "properties": {"verdict": {"enum": ["approve", "reject"]}},
+                "required": ["verdict"],
+            },
+        ),
+        step("after", "echo", depends_on=["review"], args={"value": "{{ steps.review.output }}"}),
+        name="agent-inline",
+    )
+    return await _run(stepflow, "agent-inline", spec)
 
 
 async def agent_offline_full_context(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
@@ -297,6 +332,7 @@ SCENARIOS: dict[str, Scenario] = {
     "tools-dag": tools_dag,
     "agent-scripted": agent_scripted,
     "agent-offline-full": agent_offline_full_context,
+    "agent-inline": agent_inline,
     "run-control": run_control,
     "example-research-report": _example("examples/research_report.yaml"),
     "example-code-task": _example("examples/code_task.yaml"),
