@@ -18,9 +18,9 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import openai
 import structlog
@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 
 from stepflow.activities import budget, telemetry
 from stepflow.activities.conversation_store import ConversationStore
+from stepflow.activities.heartbeats import with_heartbeats
 from stepflow.activities.model_endpoint import ModelEndpoint, ModelNotConfigured, resolve_endpoint
 from stepflow.activities.offline_model import offline_completion
 from stepflow.activities.output_schema import (
@@ -61,7 +62,6 @@ from stepflow.workflows.models import (
 
 log = structlog.get_logger("stepflow.model")
 
-T = TypeVar("T")
 
 RETRYABLE_STATUS = {408, 409, 429}
 MAX_RETRY_AFTER = timedelta(minutes=15)
@@ -69,9 +69,6 @@ MAX_RETRY_AFTER = timedelta(minutes=15)
 
 REQUEST_DEADLINE_MARGIN = 1.0
 """Seconds before the attempt's deadline at which the HTTP request gives up."""
-
-HEARTBEAT_EVERY = 5.0
-"""Seconds between heartbeats while the model thinks (the SDK throttles them further)."""
 
 SHOULD_RETRY_HEADER = "x-should-retry"
 """The API's own word on retrying (`true`/`false`), obeyed before the status, as the openai
@@ -114,27 +111,6 @@ def _request_messages(
     system = dict(messages[0])
     system["content"] = f"{system.get('content') or ''}\n\n{schema_instructions(schema)}"
     return [system, *messages[1:]]
-
-
-async def _with_heartbeats(work: Awaitable[T]) -> T:
-    """Await `work`, heartbeating meanwhile, so a lost worker's call is retried promptly.
-
-    A cancel (the step or pipeline was cancelled) reaches the activity with a
-    heartbeat's response and ends the HTTP request with it.
-    """
-    timeout = activity.info().heartbeat_timeout
-    every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 3) if timeout else HEARTBEAT_EVERY
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=every)
-            if done:
-                return task.result()
-            activity.heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 def _retry_after(headers: Mapping[str, str]) -> timedelta | None:
@@ -573,7 +549,7 @@ class ModelCallActivity:
         telemetry.model_call_started(call.step_id, call.call_number, endpoint.name)
         messages = _request_messages(conversation, schema)
         try:
-            message, usage = await _with_heartbeats(
+            message, usage = await with_heartbeats(
                 _complete(self.client, endpoint, call, messages, tool_params(call.tools), schema)
             )
         except (openai.OpenAIError, InvalidReply, ModelRefused) as err:

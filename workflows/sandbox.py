@@ -49,6 +49,7 @@ CONTRACT_PASSTHROUGH = tuple(
     for name in (
         "models",
         "spec",
+        "spec_settings",
         "records",
         "run_state",
         "control",

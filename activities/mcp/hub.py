@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from temporalio import activity
 
 from stepflow.activities.context import tool_context
+from stepflow.activities.heartbeats import with_heartbeats
 from stepflow.activities.mcp.connection import McpConnection
 from stepflow.activities.mcp.content import error_text, tool_output
 from stepflow.activities.mcp.definition import (
@@ -37,10 +38,6 @@ from stepflow.runtime.mcp_config import McpServerConfig
 
 log = structlog.get_logger("stepflow.mcp")
 
-T = TypeVar("T")
-
-HEARTBEAT_EVERY = 5.0
-"""Seconds between heartbeats while a server works (the SDK throttles them further)."""
 
 DEADLINE_GRACE = 5.0
 """Seconds past the attempt's deadline the request may still wait: Temporal's timeout comes
@@ -141,7 +138,7 @@ class McpHub:
         if defn is not None and defn.idempotency_param is not None:
             arguments[defn.idempotency_param] = context.idempotency_key
         connection = self.connections[server]
-        result = await _with_heartbeats(
+        result = await with_heartbeats(
             connection.call_tool(
                 tool,
                 arguments,
@@ -157,23 +154,6 @@ class McpHub:
         """Close every session (stdio servers stop) and leave the registry."""
         remove_tool_source(self)
         await asyncio.gather(*(c.aclose() for c in self.connections.values()))
-
-
-async def _with_heartbeats(work: Awaitable[T]) -> T:
-    """Await `work`, heartbeating meanwhile: a step's heartbeat timeout and a cancel both work."""
-    timeout = activity.info().heartbeat_timeout
-    every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 3) if timeout else HEARTBEAT_EVERY
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=every)
-            if done:
-                return task.result()
-            activity.heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 def _request_timeout() -> float | None:
