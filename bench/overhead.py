@@ -8,7 +8,7 @@
 In process (`--mode in-process`): one process starts one Temporal dev server
 per kind asked for (tuned as `tests/conftest.py` does) and, on each, one worker
 serving both workflows with the same activities and thread pool as
-`worker.build_worker`. The kinds of server:
+`worker.build_worker`, both in the SDK's sandbox. The kinds of server:
 
 - memory: in-memory SQLite, what the tests run against;
 - file: a SQLite file with the pragmas every file-backed dev server Stepflow
@@ -54,13 +54,15 @@ On the product path (`--mode product`) Stepflow is measured as a user runs it:
   runs) in its own process, in an empty project directory, with this process's
   environment less every STEPFLOW_* and TEMPORAL_* variable plus the server's
   address and its own STEPFLOW_TASK_QUEUE: the default settings (JSON logs on
-  stderr, to a file; the local payload store; 100 activity threads);
+  stderr, to a file; the local payload store; 100 activity threads; workflow
+  code outside the SDK's sandbox; `--stepflow-sandbox on` puts it in);
 - runs start as `stepflow run` starts them: `StepflowClient.start_pipeline` on a
   client from `runtime.connection.connect`, then `get_result`;
 - the baseline is a minimal SDK worker in its own process
   (`bench/overhead_worker.py baseline`): N sequential no-op activities with the
   shape of a Stepflow tool call, continuing as new when the server suggests it,
-  as a Stepflow run does. `--tool sync` (default) is `echo` on both sides, a sync
+  as a Stepflow run does, in the SDK's sandbox (its default; `--baseline-sandbox
+  off`: outside it). `--tool sync` (default) is `echo` on both sides, a sync
   function in a thread pool; `--tool async` an async no-op on both sides.
 
 For each N of `--steps` (e.g. 100,10000) it runs, after one untimed warm-up of
@@ -655,9 +657,12 @@ class WorkerProcess:
                 await asyncio.to_thread(self.process.wait)
 
 
-def worker_env(address: str, task_queue: str | None, tool: str) -> dict[str, str]:
+def worker_env(
+    address: str, task_queue: str | None, tool: str, sandbox: bool = False
+) -> dict[str, str]:
     """The environment of a worker process: this one's without STEPFLOW_* and TEMPORAL_*
-    (a worker with the default settings), then the server's address and the queue."""
+    (a worker with the default settings), then the server's address and the queue, and
+    STEPFLOW_WORKFLOW_SANDBOX=1 if `sandbox`."""
     env = {
         k: v for k, v in os.environ.items() if not k.upper().startswith(("STEPFLOW_", "TEMPORAL_"))
     }
@@ -665,6 +670,8 @@ def worker_env(address: str, task_queue: str | None, tool: str) -> dict[str, str
     env["TEMPORAL_NAMESPACE"] = "default"
     if task_queue is not None:
         env["STEPFLOW_TASK_QUEUE"] = task_queue
+    if sandbox:
+        env["STEPFLOW_WORKFLOW_SANDBOX"] = "1"
     if tool != TOOL:  # the async twin of echo, from overhead_worker.py
         env["STEPFLOW_TOOL_MODULES"] = "overhead_worker"
         env["STEPFLOW_IMPORT_PATH"] = str(BENCH_DIR)
@@ -802,6 +809,8 @@ async def product(
     server_kind: str,
     tool: str,
     keep_profiles: Path | None = None,
+    stepflow_sandbox: bool = False,
+    baseline_sandbox: bool = True,
 ) -> dict[int, float]:
     """The product-path measurement at each N; the ratio of medians at each."""
     check_same_activity_options(bench_spec(2, tool))
@@ -844,11 +853,13 @@ async def product(
                     # `python worker.py`, as a user runs it; profiled: its main() in the wrapper
                     [sys.executable, *(prof("pipeline") or ["-m", "stepflow.worker"])]
                     + (["stepflow"] if profile else []),
-                    worker_env(address, queue, tool),
+                    worker_env(address, queue, tool, stepflow_sandbox),
                     project,
                     scratch / "stepflow-worker.log",
                 )
                 baseline_args = ["baseline", "--address", address, "--task-queue", baseline_queue]
+                if not baseline_sandbox:
+                    baseline_args.append("--no-sandbox")
                 workers["baseline"] = WorkerProcess(
                     "baseline worker",
                     [sys.executable, *(prof("baseline") or [str(WORKER_SCRIPT)]), *baseline_args],
@@ -884,6 +895,12 @@ async def product(
             print(
                 f"python {platform.python_version()}, temporalio {temporalio.__version__}, "
                 f"cores: {cores()}, load average after the timed runs {load()}"
+            )
+            print(
+                "workflow code: Stepflow's "
+                + ("in the SDK's sandbox" if stepflow_sandbox else "outside the sandbox (default)")
+                + ", the baseline's "
+                + ("in the sandbox (the SDK's default)" if baseline_sandbox else "outside it")
             )
             ratios, medians, cpu = timing_report(
                 session, steps_list, repeat, repeat_large, server_kind, tool, evidence
@@ -1347,6 +1364,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="product path: keep the workers' profiles here (pipeline-N100.prof, ...; pstats)",
     )
+    parser.add_argument(
+        "--stepflow-sandbox",
+        choices=["off", "on"],
+        default="off",
+        help="product path: Stepflow's worker as by default (off), or STEPFLOW_WORKFLOW_SANDBOX=1",
+    )
+    parser.add_argument(
+        "--baseline-sandbox",
+        choices=["on", "off"],
+        default="on",
+        help="product path: the baseline's workflow in the SDK's sandbox (its default) or not",
+    )
     args = parser.parse_args(argv)
     if (args.repeat is not None and args.repeat < 1) or args.repeat_large < 1:
         parser.error("--repeat and --repeat-large must be at least 1")
@@ -1375,6 +1404,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.product_server,
                 tool,
                 args.keep_profiles,
+                stepflow_sandbox=args.stepflow_sandbox == "on",
+                baseline_sandbox=args.baseline_sandbox == "on",
             )
         )
         if in_process:

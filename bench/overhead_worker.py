@@ -14,6 +14,7 @@
   retry policy; `tool_echo` is a sync function run in a thread pool sized like
   Stepflow's (STEPFLOW_MAX_CONCURRENT_ACTIVITIES' default), as Stepflow's `echo` is,
   and `tool_echo_async` an async one. It prints `BASELINE_READY_LINE` once polling.
+  The workflow runs in the SDK's sandbox (its default), or outside it with `--no-sandbox`.
 - `stepflow`: `stepflow.worker.main()`, what `python worker.py` runs, with the
   process's environment and arguments; only useful with `--profile`.
 - `--profile OUT`: run either with cProfile ready: SIGUSR1 opens a window, SIGUSR2
@@ -154,9 +155,12 @@ class BaselineWorkflow:
         return value
 
 
-async def serve_baseline(address: str, namespace: str, task_queue: str) -> None:
+async def serve_baseline(
+    address: str, namespace: str, task_queue: str, sandboxed: bool = True
+) -> None:
     from temporalio.client import Client
-    from temporalio.worker import Worker
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
     client = await Client.connect(address, namespace=namespace)
     stop = asyncio.Event()
@@ -170,6 +174,8 @@ async def serve_baseline(address: str, namespace: str, task_queue: str) -> None:
             workflows=[BaselineWorkflow],
             activities=[echo_sync, echo_async_activity],
             activity_executor=pool,
+            # The SDK's default is the sandbox; --no-sandbox compares with Stepflow's default.
+            workflow_runner=SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner(),
         ):
             print(BASELINE_READY_LINE, flush=True)
             await stop.wait()
@@ -180,8 +186,9 @@ def baseline_main(argv: list[str]) -> int:
     parser.add_argument("--address", required=True)
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--task-queue", required=True)
+    parser.add_argument("--no-sandbox", action="store_true", help="the workflow outside it")
     args = parser.parse_args(argv)
-    asyncio.run(serve_baseline(args.address, args.namespace, args.task_queue))
+    asyncio.run(serve_baseline(args.address, args.namespace, args.task_queue, not args.no_sandbox))
     return 0
 
 

@@ -50,8 +50,9 @@ WORKFLOW_FAILURE_TYPES: tuple[type[BaseException], ...] = ()
 """Exceptions that fail a run, rather than its workflow task, on every Stepflow workflow.
 
 None so far: each workflow names its own (`failure_exception_types` of its
-`workflow.defn`). Classes from Stepflow's modules would not work here anyway:
-the sandbox imports its own copy of each, which `isinstance` does not match.
+`workflow.defn`). Classes from Stepflow's modules would not work here anyway: in
+the sandbox (`STEPFLOW_WORKFLOW_SANDBOX=1`) a workflow imports its own copy of
+each, which `isinstance` does not match.
 """
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
@@ -91,7 +92,7 @@ class StepflowPlugin(SimplePlugin):
             PLUGIN_NAME,
             data_converter=lambda _given: self.converter,
             interceptors=tracing_interceptors(settings),
-            workflow_runner=workflow_runner(),
+            workflow_runner=workflow_runner(settings.workflow_sandbox),
             workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
         )
 

@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     ui_url: str = Field(
         default="http://localhost:8233", description="Base of the Temporal Web UI, for run links."
     )
+    workflow_sandbox: bool = Field(
+        default=False,
+        description="Run Stepflow's workflow code in the SDK's sandbox, which checks it at run "
+        "time (slower; its tests replay every committed history in the sandbox either way).",
+    )
     max_concurrent_activities: int = Field(
         default=100, ge=1, description="Activities (model and tool calls) a worker runs at once."
     )
@@ -432,11 +437,10 @@ class Settings(BaseSettings):
         return value
 
 
-_ENVIRON: Mapping[Any, Any] = os.environb if os.supports_bytes_environ else os.environ
-_PREFIX_BYTES: Any = _PREFIX.encode() if os.supports_bytes_environ else _PREFIX
-
-_parsed: tuple[tuple[tuple[Any, Any], ...], Settings] | None = None
-"""The `STEPFLOW_*` variables (and directory) last parsed, and what they gave."""
+# The process's environment as the interpreter keeps it (CPython's `os.environ` holds
+# its variables in `_data`, a plain dict that `os.environ[...] = ...` and `del` update).
+_ENVIRON: Mapping[Any, Any] = getattr(os.environ, "_data", os.environ)
+_parsed: tuple[dict[Any, Any], str, Settings] | None = None
 
 
 def get_settings() -> Settings:
@@ -444,16 +448,13 @@ def get_settings() -> Settings:
 
     Every tool and model call asks, and parsing takes about 0.5 ms (measured by
     bench/overhead.py as 8% of a step), so the settings are parsed again only
-    when a `STEPFLOW_*` variable has changed since the last call. Frozen: what
-    one caller gets, every caller shares.
+    when the environment or the working directory has changed since the last
+    call. Frozen: what one caller gets, every caller shares.
     """
     global _parsed
-    # The bytes environment: `os.environ.items()` decodes every variable, which made this
-    # check itself 0.8 ms a call (bench/overhead.py --mode product, two calls a tool call).
-    environment = (
-        *sorted((k, v) for k, v in _ENVIRON.items() if k.upper().startswith(_PREFIX_BYTES)),
-        (b"\0cwd", os.getcwd().encode()),  # another directory may be another project
-    )
-    if _parsed is None or _parsed[0] != environment:
-        _parsed = (environment, Settings())
-    return _parsed[1]
+    # Comparing with a copy of the whole environment is one C-level dict comparison,
+    # about 1 us; picking out the STEPFLOW_* variables in Python first took 23 us a call.
+    cwd = os.getcwd()  # another directory may be another project
+    if _parsed is None or _parsed[1] != cwd or _parsed[0] != _ENVIRON:
+        _parsed = (dict(_ENVIRON), cwd, Settings())
+    return _parsed[2]

@@ -5,6 +5,7 @@ Every test gets its own task queue, so tests never see each other's work.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,21 +30,19 @@ TEST_SCHEMA_MODULES = "tests.support.schemas"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def no_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never reach a real (paid) model, whatever the developer's shell exports.
-
-    Agent steps answer from the offline model, or from `model_server` where a
-    test asks for it.
-    """
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def trusted_test_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers and `stepflow validate` in every test may import the test output models."""
-    monkeypatch.setenv("STEPFLOW_SCHEMA_MODULES", TEST_SCHEMA_MODULES)
+# Set once, before any thread starts, rather than by a fixture around each test: setting a
+# variable while the SDK's native threads read the environment can crash the process (C's
+# setenv is not thread-safe), so the tests change the environment as little as they can.
+# - In-process workers run Stepflow's workflow code in the SDK's sandbox, which checks it at
+#   run time; workers started as processes (`process_env`) run the default, without it
+#   (`workflows.sandbox` says why).
+# - Workers and `stepflow validate` in every test may import the test output models.
+# - Tests never reach a real (paid) model, whatever the developer's shell exports: agent
+#   steps answer from the offline model, or from `model_server` where a test asks for it.
+os.environ["STEPFLOW_WORKFLOW_SANDBOX"] = "1"
+os.environ["STEPFLOW_SCHEMA_MODULES"] = TEST_SCHEMA_MODULES
+for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "STEPFLOW_MODELS", "STEPFLOW_DEFAULT_MODEL"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,7 @@ async def test_the_api_key_is_sent_to_the_model_and_never_enters_history(
 async def test_without_a_key_or_address_the_offline_model_answers_and_says_so(
     worker: None, stepflow: StepflowClient
 ) -> None:
-    # conftest's `no_real_model` has removed OPENAI_API_KEY and OPENAI_BASE_URL.
+    # conftest has removed OPENAI_API_KEY and OPENAI_BASE_URL from the environment.
     spec = pipeline(
         agent(
             "count",

@@ -1,24 +1,40 @@
-"""The sandbox Stepflow's workflows run in.
+"""How Stepflow's workflow code runs: outside the SDK's sandbox by default, checked in it by tests.
 
-Stepflow's own workflow code is imported inside the sandbox, so the SDK checks
-it for non-determinism (clocks, I/O, threads). Passed through (imported once per
-worker process, shared by every run) are the third-party libraries and
-Stepflow's durable contracts: the pydantic models that workflows, activities and
-client share, which define data and no workflow logic.
+The Temporal SDK's sandbox exists to catch non-deterministic workflow code
+(clocks, I/O, threads) at run time. Stepflow's workflows run no user code: users
+write pipeline files, and their tools run as activities. The workflow code is
+Stepflow's own, a fixed interpreter of the pipeline, so it is checked where it
+changes, as Go and Java workflow code (which have no sandbox) are:
 
-Why the contracts: the sandbox imports every module it does not pass through
-again for each workflow it starts (every agent step is a workflow of its own),
-and building the contracts' pydantic models is most of that. Replaying a
-committed history per workflow (tools-dag and agent-offline-full with its two
-agent steps; 2-core machine, min of 5): all of Stepflow sandboxed 202 ms; only
-the contracts passed through 37-48 ms, as before this module (workflow modules
-passing Stepflow's imports through, default runner: 37-55 ms); all of Stepflow
-passed through 12-16 ms. `tests/test_sandbox.py` proves the contracts import
-cleanly in the sandbox too.
+- `tests/test_replay.py` replays every committed history in the SDK's default
+  sandbox, which passes nothing of Stepflow through, so a clock, I/O or a thread
+  slipped into workflow code fails there;
+- the test suite's in-process workers run with `STEPFLOW_WORKFLOW_SANDBOX=1`
+  (`tests/conftest.py`): Stepflow's workflow logic is imported in the sandbox and
+  checked in every workflow the tests run;
+- the tests that run `python worker.py` as its own process run the default.
+
+Production workers (`STEPFLOW_WORKFLOW_SANDBOX` off, the default) run the same
+code without the sandbox's cost, which grows with the workflow code a step runs:
+the sandbox swaps `sys.modules`, `__import__` and the `isinstance` and `issubclass`
+builtins around each piece of workflow code (the builtins for the whole process,
+activity threads included), and imports the workflow modules again for each
+workflow it starts: each pipeline run, each child run, each agent step. See
+docs/development/testing.md for what that costs a step.
+
+Outside the sandbox every run shares the modules' globals, across threads too:
+workflow modules keep no mutable state at module level (constants, compiled
+patterns, the stateless step runners, the expression environment's cache), which
+`tests/test_sandbox.py` checks for `global` statements.
+
+In the sandbox, third-party libraries and Stepflow's contracts and pure helpers
+are passed through (imported once per worker process, shared by every run); the
+rest, the workflow logic, is imported in the sandbox and checked.
 """
 
 from __future__ import annotations
 
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 THIRD_PARTY_PASSTHROUGH = (
@@ -87,8 +103,15 @@ checked: `tests/test_sandbox.py` replays the committed histories with nothing of
 passed through, so a clock or I/O slipped into one of them fails that test."""
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
-    """The runner for every worker and replayer that runs Stepflow's workflows."""
+def workflow_runner(sandboxed: bool = True) -> WorkflowRunner:
+    """The runner for every worker and replayer that runs Stepflow's workflows.
+
+    Args:
+        sandboxed: Run the workflow code in the SDK's sandbox, which checks it at run time
+            (`Settings.workflow_sandbox`; workers built from settings default to off).
+    """
+    if not sandboxed:
+        return UnsandboxedWorkflowRunner()
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
             *THIRD_PARTY_PASSTHROUGH, *CONTRACT_PASSTHROUGH, *PURE_PASSTHROUGH

@@ -72,15 +72,18 @@ class StepContext:
     """The ledgers of this run and the runs above it that have a `budget`: model calls check
     and charge them (`activities.budget`); child runs are handed them."""
     _options: dict[str, tuple[RetrySpec, dict[str, Any]]] = field(default_factory=dict)
-    """A tool step's retry and activity options, worked out once per step, not per call."""
+    """Tool steps' retry and activity options, worked out once per step that sets its own and
+    once for all that take the pipeline's, not per call (keyed by step id, or "")."""
 
     def activity_options(self, step: ToolStep) -> tuple[RetrySpec, dict[str, Any]]:
         """The step's retry settings and `execute_activity` options (over the defaults)."""
-        known = self._options.get(step.id)
+        # Most steps set neither and share the pipeline's: worked out once per run.
+        key = step.id if step.retry is not None or step.timeout is not None else ""
+        known = self._options.get(key)
         if known is None:
             retry = effective_retry(step, self.spec.defaults)
             timeout = effective_timeout(step, self.spec.defaults)
-            known = self._options[step.id] = (retry, activity_options(retry, timeout))
+            known = self._options[key] = (retry, activity_options(retry, timeout))
         return known
 
     def instance(self, item: Any, index: int) -> StepContext:
