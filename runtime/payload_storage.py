@@ -46,6 +46,7 @@ from temporalio.converter import (
     StorageDriverStoreContext,
 )
 
+from stepflow.runtime.converter import StepflowDataConverter
 from stepflow.runtime.encryption import EncryptionCodec, load_keys
 from stepflow.runtime.settings import Settings
 from stepflow.workflows.errors import ErrorType
@@ -147,8 +148,8 @@ def stepflow_data_converter(settings: Settings) -> DataConverter:
             payload_size_threshold=settings.payload_threshold_bytes,
         )
     keys = load_keys(settings)
-    return dataclasses.replace(
-        pydantic_data_converter,
+    return StepflowDataConverter(
+        payload_converter_class=pydantic_data_converter.payload_converter_class,
         external_storage=storage,
         # The SDK encodes a payload before the store keeps it: stored payloads are encrypted too.
         payload_codec=EncryptionCodec(keys),
