@@ -1,42 +1,37 @@
-"""`StepflowDataConverter`: the SDK's `DataConverter`, whose copies share one payload converter.
+"""`StepflowPayloadConverter`: pydantic JSON payloads, quick to build and sharing one cache.
 
-The SDK copies a worker's data converter for each payload it converts in a
-workflow task or an activity (`with_context`, and again to bind the external
-storage's context), at least six copies a tool step. A copy made with
-`dataclasses.replace` runs `__post_init__`, which builds a new payload converter
-from its class; the copy then either overwrites it or keeps it with an empty
-cache. For the pydantic converter that build is the costly part: a composite of
-encoders and a fresh cache of type adapters, which each value then builds again.
-With the payload store on (the default), Stepflow's worker paid 1.2 ms per step
-for it in a profile of `bench/overhead.py --mode product`, a minimal SDK worker
-without external storage nothing (its `with_context` returns itself).
+The SDK builds a new payload converter from the data converter's class many
+times a step: each copy of the data converter (`with_context`, binding the
+external storage's context) runs `__post_init__`, and each workflow activation
+builds a data converter of its own, twice a step. Built from scratch, the pydantic
+converter makes its encoders again, with an empty cache of type adapters, which
+every value then builds again. With the payload store on (the default), that was
+1.2 ms of each step in a profile of `bench/overhead.py --mode product`; a copy of
+the data converter cost 14 us, and 2.4 with this class.
 
-Here every copy gets the payload converter built once for its class. A payload
-converter is shared across threads anyway (`DataConverter.default` is one object
-for a whole process), and one that takes a serialization context returns a new
-converter from `with_context` rather than changing itself.
+Here every instance delegates to one set of encoders per process, built once.
+Encoders keep no state but that cache, and the SDK shares them across threads
+anyway (`DataConverter.default` is one object for a whole process); an instance
+given a serialization context is a new one (`with_context`), never a shared one
+changed.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
-from temporalio.converter import DataConverter, PayloadConverter
+from temporalio.contrib.pydantic import PydanticPayloadConverter
+from temporalio.converter import CompositePayloadConverter, EncodingPayloadConverter
 
 
 @functools.cache
-def _payload_converter(payload_converter_class: type[PayloadConverter]) -> PayloadConverter:
-    """The payload converter a `DataConverter` of this class builds, built once."""
-    return DataConverter(payload_converter_class=payload_converter_class).payload_converter
+def _encoders() -> tuple[EncodingPayloadConverter, ...]:
+    """The pydantic converter's encoders (binary null, protobuf, pydantic JSON), built once."""
+    return tuple(PydanticPayloadConverter().converters.values())
 
 
-@dataclass(frozen=True)
-class StepflowDataConverter(DataConverter):
-    """A `DataConverter` whose copies reuse the payload converter built for its class."""
+class StepflowPayloadConverter(PydanticPayloadConverter):
+    """`PydanticPayloadConverter` whose instances share the process's encoders."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "payload_converter", _payload_converter(self.payload_converter_class)
-        )
-        object.__setattr__(self, "failure_converter", self.failure_converter_class())
+    def __init__(self) -> None:
+        CompositePayloadConverter.__init__(self, *_encoders())

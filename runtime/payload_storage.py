@@ -33,7 +33,6 @@ from typing import Any
 from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClient
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverter,
@@ -46,7 +45,7 @@ from temporalio.converter import (
     StorageDriverStoreContext,
 )
 
-from stepflow.runtime.converter import StepflowDataConverter
+from stepflow.runtime.converter import StepflowPayloadConverter
 from stepflow.runtime.encryption import EncryptionCodec, load_keys
 from stepflow.runtime.settings import Settings
 from stepflow.workflows.errors import ErrorType
@@ -148,8 +147,9 @@ def stepflow_data_converter(settings: Settings) -> DataConverter:
             payload_size_threshold=settings.payload_threshold_bytes,
         )
     keys = load_keys(settings)
-    return StepflowDataConverter(
-        payload_converter_class=pydantic_data_converter.payload_converter_class,
+    return DataConverter(
+        # Pydantic models as JSON, the encoders shared by the SDK's many copies of this.
+        payload_converter_class=StepflowPayloadConverter,
         external_storage=storage,
         # The SDK encodes a payload before the store keeps it: stored payloads are encrypted too.
         payload_codec=EncryptionCodec(keys),
