@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
@@ -119,6 +120,11 @@ def continue_as_new_early(events: int) -> list[str]:
     ]
 
 
+EPHEMERAL_STARTUP_TIMEOUT = timedelta(seconds=30)
+"""How long a throwaway dev server may take to answer. The SDK's default is 5 s, which a
+busy 2-core machine can miss (seen once here, just after a benchmark's server stopped)."""
+
+
 async def start_ephemeral_environment(
     settings: Settings | None = None,
     extra_flags: list[str] | None = None,
@@ -150,6 +156,7 @@ async def start_ephemeral_environment(
         dev_server_existing_path=temporal_binary(),
         data_converter=stepflow_data_converter(settings),
         dev_server_extra_args=[*tuned_flags(), *file_flags, *(extra_flags or [])],
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
     )
 
 

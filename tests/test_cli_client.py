@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from stepflow.client import runs
 from stepflow.client.api import ControlRejected, RunNotFound, StepflowClient
 from stepflow.client.schedules import PipelineSchedules
-from stepflow.runtime.devserver import temporal_binary
+from stepflow.runtime.devserver import EPHEMERAL_STARTUP_TIMEOUT, temporal_binary
 from stepflow.runtime.settings import Settings
 from stepflow.workflows import control
 from stepflow.workflows.control import PipelineState, RunStatus
@@ -200,7 +200,9 @@ async def test_without_registered_search_attributes_runs_start_and_one_warning_s
 ) -> None:
     monkeypatch.setattr(runs, "_warned_unregistered", False)
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
+        dev_server_existing_path=temporal_binary(),
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
+        data_converter=pydantic_data_converter,
     )  # a plain dev server: no Stepflow search attributes
     try:
         stepflow = StepflowClient(env.client, settings=settings)

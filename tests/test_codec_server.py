@@ -29,7 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from stepflow.activities.registry import load_tool_modules
 from stepflow.client.api import StepflowClient
-from stepflow.runtime.devserver import temporal_binary, tuned_flags
+from stepflow.runtime.devserver import EPHEMERAL_STARTUP_TIMEOUT, temporal_binary, tuned_flags
 from stepflow.runtime.encryption import ENCODING, EncryptionCodec, parse_keys
 from stepflow.runtime.payload_storage import stepflow_data_converter
 from stepflow.runtime.settings import Settings
@@ -322,6 +322,7 @@ async def test_the_web_ui_shows_the_run_decrypted_to_holders_of_the_token(
             ui=True,
             ui_port=ui_port,
             dev_server_existing_path=temporal_binary(),
+            dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
             dev_server_extra_args=[
                 *tuned_flags(),
                 "--ui-disable-news-fetch",

@@ -34,7 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from stepflow.activities.registry import load_tool_modules
 from stepflow.client.api import StepflowClient
-from stepflow.runtime.devserver import temporal_binary, tuned_flags
+from stepflow.runtime.devserver import EPHEMERAL_STARTUP_TIMEOUT, temporal_binary, tuned_flags
 from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
 from tests.support.helpers import agent, pipeline, step
@@ -211,6 +211,7 @@ async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
         ui=True,
         ui_port=ui_port,
         dev_server_existing_path=temporal_binary(),
+        dev_server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT,
         data_converter=pydantic_data_converter,
         dev_server_extra_args=[*tuned_flags(), "--ui-disable-news-fetch"],
     )
