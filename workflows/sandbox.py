@@ -64,6 +64,7 @@ CONTRACT_PASSTHROUGH = tuple(
     f"stepflow.workflows.{name}"
     for name in (
         "models",
+        "activity_contracts",
         "spec",
         "spec_settings",
         "records",
