@@ -30,9 +30,11 @@ from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
+from temporalio.service import ConnectConfig, ServiceClient
 from temporalio.worker import ReplayerConfig, Worker, WorkerConfig
 
 from stepflow.activities.registry import ToolDefinition, load_tool_modules
+from stepflow.runtime import clean_exit
 from stepflow.runtime.payload_storage import stepflow_data_converter
 from stepflow.runtime.routing import MODELS, TOOLS, QueueService, served_queues
 from stepflow.runtime.settings import Settings
@@ -95,6 +97,15 @@ class StepflowPlugin(SimplePlugin):
             workflow_runner=workflow_runner(settings.workflow_sandbox),
             workflow_failure_exception_types=WORKFLOW_FAILURE_TYPES,
         )
+
+    async def connect_service_client(
+        self,
+        config: ConnectConfig,
+        next: Callable[[ConnectConfig], Awaitable[ServiceClient]],
+    ) -> ServiceClient:
+        """Connect, and have the program wait at exit for the SDK's threads (`clean_exit`)."""
+        clean_exit.install()
+        return await next(config)
 
     @cached_property
     def converter(self) -> DataConverter:
