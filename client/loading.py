@@ -22,6 +22,7 @@ from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, r
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.budget_checks import budget_issues
 from stepflow.client.model_checks import chain_issues, chain_model_warnings
+from stepflow.client.step_kinds import kind_message
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.mcp_config import servers_of, tool_server, unknown_server_hint
 from stepflow.runtime.settings import get_settings
@@ -68,6 +69,7 @@ def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIss
         message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
         if error["type"] == "extra_forbidden":
             message = "unknown key (a typo?)"
+        message = kind_message(error, raw_step) or message
         field = ".".join(str(part) for part in loc)
         issues.append(SpecIssue(message, step, field or None))
     return list(dict.fromkeys(issues))

@@ -13,10 +13,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.runtime import clean_exit
-from stepflow.runtime.connection import connect
+from stepflow.runtime.plugin import StepflowPlugin
+from stepflow.runtime.settings import Settings
 from tests.support.processes import ROOT, process_env
 
 FOREIGN_THREAD = """
@@ -72,8 +75,12 @@ def test_the_exit_does_not_wait_for_threads_that_threading_knows() -> None:
         stop.set()
 
 
-async def test_connecting_installs_the_hook(temporal_env: WorkflowEnvironment) -> None:
-    await connect()
+async def test_a_client_with_stepflows_plugin_installs_the_hook(
+    temporal_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clean_exit, "_installed", False)  # as in a new process
+    target = temporal_env.client.service_client.config.target_host
+    await Client.connect(target, plugins=[StepflowPlugin(Settings())])
     assert clean_exit.installed()
 
 

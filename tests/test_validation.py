@@ -115,6 +115,21 @@ def test_a_good_file_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             id="malformed-reference",
         ),
         pytest.param(
+            bad("- {id: a, tool: echo, args: {value: 1}}"),
+            "step 'a': `kind` is missing: add `kind: tool`; a step is one of: tool, agent,",
+            id="missing-kind-of-a-tool-step",
+        ),
+        pytest.param(
+            bad("- {id: a, steps: []}"),
+            "step 'a': `kind` is missing; a step is one of: tool, agent, approval, input, loop,",
+            id="missing-kind-ambiguous",
+        ),
+        pytest.param(
+            bad("- {id: a, kind: tol, tool: echo}"),
+            "step 'a': unknown kind 'tol' (did you mean 'tool'?); a step is one of: tool, agent,",
+            id="unknown-kind",
+        ),
+        pytest.param(
             bad("- {id: a, kind: tool, tool: echo, retyr: {max_attempts: 2}}"),
             "step 'a': retyr: unknown key (a typo?)",
             id="unknown-key-in-step",
@@ -148,11 +163,6 @@ def test_a_good_file_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             bad("- {id: a, kind: tool, tool: echo, on_failure: retry}"),
             "step 'a': on_failure",
             id="bad-on-failure",
-        ),
-        pytest.param(
-            bad("- {id: a, kind: tol, tool: echo}"),
-            "step 'a': Input tag 'tol' found using 'kind' does not match any of the expected tags",
-            id="unknown-kind",
         ),
         pytest.param(
             bad("- {id: a, kind: tool, tool: echo, depends_on: [a]}"),
