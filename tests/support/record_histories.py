@@ -59,6 +59,7 @@ from stepflow.workflows.models import PipelineSpec
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
     ScriptedModelServer,
+    by_model,
     error,
     json_answer,
     text,
@@ -328,6 +329,54 @@ async def plan_scripted(stepflow: StepflowClient, server: ScriptedModelServer) -
     return run.workflow_id
 
 
+PRICE = {"input": 2.0, "output": 10.0}
+"""USD per million tokens of the scripted models of `budget_chain`."""
+
+
+async def budget_chain(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """A run with a budget: its ledger charged and closed; a step whose model chain passes
+    over a rate-limited primary (the backup answers, the next call asks the primary again);
+    an inline step with a budget of its own."""
+    os.environ["STEPFLOW_MODELS"] = json.dumps(
+        {name: {"base_url": server.base_url, "price": PRICE} for name in ("primary", "backup")}
+    )
+    server.respond_with(
+        by_model(
+            primary=[
+                error(429, "slow down", headers={"retry-after-ms": "100"}),
+                error(429, "slow down", headers={"retry-after-ms": "100"}),
+                text("found it", usage=(300, 30)),
+                text("summed up", usage=(200, 20)),
+            ],
+            backup=[tool_calls(("echo", {"value": "tides"}), usage=(250, 25))],
+        )
+    )
+    quick = {"initial_interval": "100ms", "backoff_coefficient": 1.0}
+    spec = pipeline(
+        agent(
+            "research",
+            tools=["echo"],
+            model=["primary", "backup"],
+            model_retry=quick,
+            model_fallback={"after_attempts": 2},
+        ),
+        agent(
+            "sum_up",
+            model="primary",
+            inline=True,
+            budget={"tokens": 5_000},
+            input="{{ steps.research.output }}",
+            depends_on=["research"],
+        ),
+        name="budget-chain",
+        budget={"tokens": 50_000, "cost": 1.0},
+    )
+    try:
+        return await _run(stepflow, "budget-chain", spec)
+    finally:
+        del os.environ["STEPFLOW_MODELS"]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "tools-dag": tools_dag,
     "agent-scripted": agent_scripted,
@@ -346,6 +395,7 @@ SCENARIOS: dict[str, Scenario] = {
     # its agent steps), and a scripted planner with one repair, an approval and a planned agent.
     "example-code-task-planned": _example("examples/code_task_planned.yaml"),
     "plan-scripted": plan_scripted,
+    "budget-chain": budget_chain,
 }
 
 
