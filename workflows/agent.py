@@ -19,16 +19,7 @@ from typing import Any, NoReturn
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from stepflow.workflows.agent_loop import (
-    FALLBACK_AFTER_ATTEMPTS,
-    FALLBACK_AT_ONCE,
-    MAX_PARALLEL_TOOL_CALLS,
-    MAX_PASSED_OVER_ERROR,
-    AgentLoop,
-    chain_failure_message,
-    dollars,
-    with_attempts,
-)
+from stepflow.workflows.agent_loop import MAX_PARALLEL_TOOL_CALLS, AgentLoop, dollars
 from stepflow.workflows.control import (
     AGENT_PROGRESS_QUERY,
     STEP_PROGRESS,
@@ -37,6 +28,13 @@ from stepflow.workflows.control import (
 )
 from stepflow.workflows.conversation import MAX_CONVERSATION_BYTES, conversation_size
 from stepflow.workflows.errors import ErrorType, InvalidWorkflowInput
+from stepflow.workflows.model_chain import (
+    FALLBACK_AFTER_ATTEMPTS,
+    FALLBACK_AT_ONCE,
+    MAX_PASSED_OVER_ERROR,
+    chain_failure_message,
+    with_attempts,
+)
 from stepflow.workflows.models import (
     AGENT_STEP_WORKFLOW,
     AgentStepInput,

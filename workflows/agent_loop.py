@@ -17,7 +17,8 @@ schedules is the same in both.
 A step whose `model` is a chain (`[primary, backup, local]`) makes each model
 call with the first model still in the running; when its activity fails for
 good in a way another model may get past, the next model takes over (see
-`_call_chain`). A step with one model schedules exactly what it always did.
+`_call_chain`, and `model_chain` for its rules). A step with one model schedules
+exactly what it always did.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ from stepflow.workflows.conversation import (
     tool_result,
 )
 from stepflow.workflows.errors import ErrorType, StepFailure, activity_failure
+from stepflow.workflows.model_chain import (
+    chain_failure_message,
+    moves_on,
+    pass_over,
+    sitting_out,
+)
 from stepflow.workflows.models import (
     MODEL_CALL_ACTIVITY,
     AgentLoopState,
@@ -62,40 +69,6 @@ from stepflow.workflows.step_settings import chain_retry, fallback_attempts, mod
 
 MAX_PARALLEL_TOOL_CALLS = 500
 """Tool calls of one reply running at once: Temporal allows 2,000 pending activities a workflow."""
-
-FALLBACK_AFTER_ATTEMPTS = frozenset(
-    {
-        ErrorType.MODEL_RATE_LIMITED,
-        ErrorType.MODEL_SERVER_ERROR,
-        ErrorType.MODEL_TIMEOUT,
-        ErrorType.MODEL_CONNECTION_ERROR,
-        ErrorType.MODEL_REPLY_INVALID,
-        ErrorType.TIMEOUT,  # Temporal's own timeouts of the call
-    }
-)
-"""A model of a chain that still fails like this after `after_attempts` attempts is passed
-over for this call; the next call tries it again (the trouble may have passed)."""
-
-FALLBACK_AT_ONCE = frozenset(
-    {
-        ErrorType.MODEL_NOT_FOUND,
-        ErrorType.MODEL_CONTEXT_EXCEEDED,
-        ErrorType.MODEL_CONTENT_REFUSED,
-        ErrorType.MODEL_NOT_CONFIGURED,
-    }
-)
-"""Failures no retry fixes for this model but another model may: the next takes over after
-one attempt, and this model sits out the step's later calls (the conversation only grows,
-and an unknown model stays unknown). Every other failure (a rejected request, a spent
-budget, a conversation too large for any call, the payload store, a model without the
-price a cost budget needs: a configuration to fix, not to route around) fails the step as
-it would without a chain."""
-
-MAX_PASSED_OVER_ERROR = 500
-"""Characters of a passed-over model's error kept in the loop's state and the step record."""
-
-MAX_PASSED_OVER = 100
-"""Passed-over entries a step keeps, the latest (about 60 KB at most)."""
 
 
 class AgentHost(Protocol):
@@ -373,10 +346,8 @@ class AgentLoop:
         step's `model_retry`, as a single model would.
         """
         input = self.input
-        sitting_out = {
-            p.model: p for p in self.state.passed_over if p.error_type in FALLBACK_AT_ONCE
-        }
-        candidates = [model for model in chain if model not in sitting_out]
+        out = sitting_out(self.state)
+        candidates = [model for model in chain if model not in out]
         passed: list[PassedOver] = []
         failure = StepFailure(ErrorType.MODEL_NOT_CONFIGURED, "the model chain names no model")
         model = chain[-1]
@@ -399,46 +370,13 @@ class AgentLoop:
                 exhausted = err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED
             finally:
                 self.trying = None
-            moves_on = exhausted or failure.error_type in FALLBACK_AFTER_ATTEMPTS | FALLBACK_AT_ONCE
-            if last or not moves_on:
+            if last or not moves_on(failure, exhausted):
                 break
-            passed.append(self._pass_over(number, model, failure, chain))
+            passed.append(pass_over(self.state, number, model, failure, chain))
         self.fail(
-            chain_failure_message(number, model, failure, passed, list(sitting_out.values())),
+            chain_failure_message(number, model, failure, passed, list(out.values())),
             failure.error_type,
         )
-
-    def _pass_over(
-        self, number: int, model: str, failure: StepFailure, chain: list[str]
-    ) -> PassedOver:
-        """Note that `model` did not answer call `number`, and why; the next model takes over."""
-        loop = self.state
-        passed = PassedOver(
-            call=number,
-            model=model,
-            error_type=str(failure.error_type),
-            error=with_attempts(failure)[:MAX_PASSED_OVER_ERROR],
-        )
-        loop.passed_over.append(passed)
-        if len(loop.passed_over) > MAX_PASSED_OVER:
-            # Bounded: it travels in every continue-as-new, result and failure. The models
-            # sitting out stay (the chain needs them); the oldest of the rest go.
-            oldest = next(
-                (i for i, p in enumerate(loop.passed_over) if p.error_type not in FALLBACK_AT_ONCE),
-                None,
-            )
-            if oldest is not None:
-                del loop.passed_over[oldest]
-        if passed.error_type in FALLBACK_AT_ONCE:  # later calls start past the models out
-            out = {p.model for p in loop.passed_over if p.error_type in FALLBACK_AT_ONCE}
-            loop.chain_at = next((i for i, m in enumerate(chain) if m not in out), len(chain))
-        workflow.logger.warning(
-            "model call %d: %s passed over (%s); the next model of the chain takes over",
-            number,
-            model,
-            passed.error_type,
-        )
-        return passed
 
     async def _run_tools(self, number: int, calls: list[PlannedToolCall]) -> list[ChatMessage]:
         """Run the valid calls; every call, run or not, gets a result message, in order."""
@@ -512,34 +450,3 @@ class AgentLoop:
 def dollars(amount: float) -> str:
     """`$2.50`, `$0.0042`: cents for amounts a person budgets, more digits below a cent."""
     return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"
-
-
-def with_attempts(failure: StepFailure) -> str:
-    """`model API answered 429: slow down (after 2 attempts)`."""
-    if failure.attempts > 1:
-        return f"{failure.message} (after {failure.attempts} attempts)"
-    return failure.message
-
-
-def chain_failure_message(
-    number: int,
-    model: str,
-    failure: StepFailure,
-    passed: list[PassedOver],
-    sitting_out: list[PassedOver],
-) -> str:
-    """Why a call of a chained step failed: the last model's error, and every model passed over.
-
-    Without models passed over it reads as a single model's failure does.
-    """
-    if not passed and not sitting_out:
-        return f"model call {number} failed: {failure.message}"
-    reasons = [f"{p.model}: {p.error_type} at model call {p.call}: {p.error}" for p in sitting_out]
-    reasons += [f"{p.model}: {p.error_type}: {p.error}" for p in passed]
-    if failure.error_type in FALLBACK_AFTER_ATTEMPTS | FALLBACK_AT_ONCE:
-        reasons.append(f"{model}: {failure.error_type}: {with_attempts(failure)}")
-        return f"model call {number} failed on every model of the chain: {'; '.join(reasons)}"
-    return (
-        f"model call {number} failed on {model}: {failure.message} "
-        f"(passed over: {'; '.join(reasons)})"
-    )

@@ -9,7 +9,8 @@
 - `run_control` is the table of updates and signals that steer the run;
 - `errors` says how a failure ends a step.
 
-- `handover` says when a long run continues as new, `visibility` what it shows.
+- `handover` says when a long run continues as new, `visibility` what it shows,
+  `run_budget` what the run does with its budget.
 
 This module keeps the run loop and the handlers. Temporal keeps the workflow, so
 a crashed worker costs nothing but the attempt that was running.
@@ -24,12 +25,6 @@ from typing import TYPE_CHECKING
 from temporalio import workflow
 
 from stepflow.workflows import models, run_control
-from stepflow.workflows.budget import (
-    BUDGET_CLOSE,
-    budget_line,
-    ledger_workflow_id,
-    spent_by_records,
-)
 from stepflow.workflows.control import (
     STATUS_QUERY,
     STEP_PROGRESS,
@@ -46,14 +41,13 @@ from stepflow.workflows.errors import (
 from stepflow.workflows.handover import Handover
 from stepflow.workflows.models import (
     AgentStep,
-    BudgetLedger,
-    BudgetSpent,
     Fallback,
     PipelineResult,
     PipelineStatus,
     StepRecord,
     StepStatus,
 )
+from stepflow.workflows.run_budget import RunBudget
 from stepflow.workflows.run_result import reused, run_result
 from stepflow.workflows.run_state import RunState, cancel_message
 from stepflow.workflows.run_view import (
@@ -169,8 +163,7 @@ class PipelineWorkflow:
         run_control.register(
             self
         )  # before any handler runs: a cancel_step in the first task settles
-        self._budget_line: tuple[object, str] | None = None
-        """The details' spend line, and the step counts it was made at (`_spend_line`)."""
+        self._budget = RunBudget(spec, self.state)
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -211,7 +204,7 @@ class PipelineWorkflow:
             loop=self._scope.loop if self._scope else None,
             reuse_inside=dict(input.reuse.inside) if input.reuse else {},
             no_cache=input.no_cache,
-            budgets=self._ledgers(input),
+            budgets=self._budget.ledgers(input.budgets),
         )
         try:
             self._resume_waiting(ctx)
@@ -234,7 +227,7 @@ class PipelineWorkflow:
         except asyncio.CancelledError:
             await self._cancel_all("pipeline was cancelled")
             self._end(RunStatus.CANCELLED, "the run was cancelled")
-            await self._close_ledger()
+            await self._budget.close()
             await self._answer_updates_before_closing()
             raise
 
@@ -243,7 +236,7 @@ class PipelineWorkflow:
             RunStatus.FAILED if result.status is PipelineStatus.FAILED else RunStatus.SUCCEEDED,
             result.error,
         )
-        await self._close_ledger()
+        await self._budget.close()
         await self._answer_updates_before_closing()
         if result.status is PipelineStatus.FAILED:
             raise ErrorType.PIPELINE_FAILED.error(
@@ -420,7 +413,7 @@ class PipelineWorkflow:
             as_of=workflow.now(),
             error=self._error,
             usage_by_model=usage_by_model(records),
-            budget=self._spent(),
+            budget=self._budget.spent(),
         )
 
     @workflow.signal(name=STEP_PROGRESS)
@@ -488,60 +481,7 @@ class PipelineWorkflow:
         if self.spec.budget is not None:
             # The spend goes under the details' heading: `budget: $0.42 of $2.50 · ...`.
             heading, _, rest = workflow.get_current_details().partition("\n")
-            workflow.set_current_details(f"{heading}\n\n{self._spend_line()}\n{rest}")
-
-    def _spend_line(self) -> str:
-        """The details' spend line: what the steps' records say, made again only once a step
-        changed status (summing every record at each publish would cost big runs dearly)."""
-        key = tuple(sorted(self.state.counts.items()))
-        if self._budget_line is None or self._budget_line[0] != key:
-            spent = self._spent()
-            self._budget_line = (key, budget_line(spent) if spent is not None else "")
-        return self._budget_line[1]
-
-    # -- the budget ---------------------------------------------------------------------
-
-    def _ledgers(self, input: PipelineInput) -> list[BudgetLedger]:
-        """The ledgers this run's model calls check and charge: its parents', then its own.
-
-        Its own is a workflow of its own (`workflows.budget.BudgetLedgerWorkflow`), which
-        the first charge starts on this run's task queue: workflow workers serve it.
-        """
-        ledgers = list(input.budgets)
-        if self.spec.budget is not None:
-            info = workflow.info()
-            ledgers.append(
-                BudgetLedger(
-                    workflow_id=info.workflow_id,
-                    budget=self.spec.budget,
-                    task_queue=info.task_queue,
-                )
-            )
-        return ledgers
-
-    def _spent(self) -> BudgetSpent | None:
-        """The spend as the records tell it: exact once every step has ended (the result);
-        while steps run, their calls since their last report are missing (the client asks
-        the ledger itself for the live spend)."""
-        if self.spec.budget is None:
-            return None
-        records = self.state.records
-        return spent_by_records(
-            self.spec.budget, workflow.info().workflow_id, total_usage(records), records
-        )
-
-    async def _close_ledger(self) -> None:
-        """At the run's end: its ledger closes (one never started, as nothing was charged:
-        the signal fails, and nothing else does)."""
-        if self.spec.budget is None:
-            return
-        ledger = workflow.get_external_workflow_handle(
-            ledger_workflow_id(workflow.info().workflow_id)
-        )
-        try:
-            await ledger.signal(BUDGET_CLOSE)
-        except Exception:
-            workflow.logger.debug("budget ledger not closed: it was never started")
+            workflow.set_current_details(f"{heading}\n\n{self._budget.spend_line()}\n{rest}")
 
     def _end(self, status: RunStatus, error: str | None) -> None:
         self._ended = status
@@ -551,5 +491,5 @@ class PipelineWorkflow:
     def _result(self, ctx: StepContext) -> PipelineResult:
         failed = self.state.record(self._fatal) if self._fatal is not None else None
         return run_result(
-            self.spec, self.state, ctx, failed, self._rerun_of, workflow.now(), self._spent()
+            self.spec, self.state, ctx, failed, self._rerun_of, workflow.now(), self._budget.spent()
         )
