@@ -34,7 +34,7 @@ from stepflow.client.watch import ChangeLines, Seen, live_view
 from stepflow.runtime.devserver import continue_as_new_early, start_ephemeral_environment
 from stepflow.runtime.settings import ModelPrice, Settings
 from stepflow.runtime.telemetry import MODEL_COST
-from stepflow.worker import WORKER_READY_LINE, build_worker
+from stepflow.worker import build_worker
 from stepflow.workflows.budget import (
     BUDGET_LEDGER_WORKFLOW,
     RECENT_CHARGES,
@@ -62,7 +62,6 @@ from stepflow.workflows.models import (
 )
 from stepflow.workflows.run_state import LedgerState
 from tests.support.control_tools import current_details
-from tests.support.crash import stop_worker, wait_until
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
     TEST_API_KEY,
@@ -76,10 +75,10 @@ from tests.support.model_server import (
 from tests.support.processes import (
     free_port,
     process_env,
-    start_worker,
     stepflow_cli,
-    wait_for_log,
 )
+from tests.support.waiting import wait_until
+from tests.support.worker_processes import running_worker
 
 PRICE = {"input": 2.0, "output": 10.0}
 """USD per million tokens of the scripted `priced` model."""
@@ -515,7 +514,7 @@ async def test_status_watch_and_the_web_ui_details_show_the_spend_while_it_runs(
             details = await current_details(handle)
             return "budget: $0.0028 of $2.50 · 1,000 tokens" in details
 
-        await wait_until(first_step_shown, "the details did not show the first step's spend")
+        await wait_until(first_step_shown, "the details to show the first step's spend")
         heading, blank, spend = (await current_details(handle)).splitlines()[:3]
         assert heading.startswith("**test** · RUNNING") and blank == ""
         assert spend == "budget: $0.0028 of $2.50 · 1,000 tokens"
@@ -668,9 +667,7 @@ async def test_the_worker_counts_what_model_calls_cost_in_dollars(
     )
     model_server.respond_with(answer)
     log = tmp_path / "worker.log"
-    process = start_worker(env, log)
-    try:
-        await wait_for_log(log, WORKER_READY_LINE, process)
+    async with running_worker(env, log):
         result = await stepflow.run_pipeline(pipeline(agent("a"), agent("b")))
         assert result.usage.cost == pytest.approx(2 * CALL_COST)
         async with httpx.AsyncClient() as http:
@@ -683,9 +680,7 @@ async def test_the_worker_counts_what_model_calls_cost_in_dollars(
             async def counted() -> bool:
                 return await cost() == pytest.approx(2 * CALL_COST)
 
-            await wait_until(counted, "the cost metric did not reach the run's cost")
-    finally:
-        stop_worker(process)
+            await wait_until(counted, "the cost metric to reach the run's cost")
 
 
 # -- the ledger workflow: limits it must never reach ---------------------------------------------
@@ -736,7 +731,7 @@ async def test_one_long_step_charges_past_one_ledger_run_and_the_spend_stays_exa
             async def all_listed() -> bool:
                 return (await _ledger_runs(env.client, run.workflow_id))[-1:] == ["COMPLETED"]
 
-            await wait_until(all_listed, "the ledger's last run is not listed as completed")
+            await wait_until(all_listed, "the ledger's last run to be listed as completed")
             runs = await _ledger_runs(env.client, run.workflow_id)
     finally:
         await env.shutdown()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.processes import one_error_line, process_env, stepflow_cli
+from tests.support.processes import one_error_line, process_env, stepflow_cli, tool_worker_env
 
 PIPELINE = """
 name: cli-demo
@@ -31,9 +31,7 @@ steps:
 @pytest.fixture
 def cli_env(temporal_env: WorkflowEnvironment, task_queue: str) -> dict[str, str]:
     target = temporal_env.client.service_client.config.target_host
-    return process_env(
-        target, STEPFLOW_TASK_QUEUE=task_queue, STEPFLOW_TOOL_MODULES="tests.support.tools"
-    )
+    return tool_worker_env(target, task_queue)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from stepflow.workflows.models import (
 from stepflow.workflows.run_view import details_markdown, step_state
 from stepflow.workflows.validation import SpecError
 from tests.support.helpers import pipeline, step
-from tests.support.processes import ok, process_env, stepflow_cli
+from tests.support.processes import ok, stepflow_cli, tool_worker_env
 
 MAIN = """
 name: main
@@ -100,9 +100,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def cli_env(temporal_env: WorkflowEnvironment, task_queue: str) -> dict[str, str]:
     target = temporal_env.client.service_client.config.target_host
-    return process_env(
-        target, STEPFLOW_TASK_QUEUE=task_queue, STEPFLOW_TOOL_MODULES="tests.support.tools"
-    )
+    return tool_worker_env(target, task_queue)
 
 
 def validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:

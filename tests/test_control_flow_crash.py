@@ -15,12 +15,12 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
-from stepflow.worker import WORKER_READY_LINE
 from stepflow.workflows.models import PipelineStatus
-from tests.support.crash import sigkill, stop_worker, wait_for_journal
+from tests.support.crash import wait_for_journal
 from tests.support.helpers import pipeline, step
-from tests.support.processes import process_env, start_worker, wait_for_log
+from tests.support.processes import tool_worker_env
 from tests.support.tools import journal_read
+from tests.support.worker_processes import run_through_worker_crash
 
 JOURNAL = {"journal": {"type": "string"}}
 QUICK_RETRY = {"initial_interval": "100ms"}
@@ -66,26 +66,19 @@ async def test_worker_killed_mid_for_each_runs_only_the_unfinished_instances_aga
         ),
         inputs=JOURNAL,
     )
-    env = process_env(
-        temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
+    env = tool_worker_env(temporal_env.client.service_client.config.target_host, task_queue)
+    crash = await run_through_worker_crash(
+        stepflow,
+        env,
+        tmp_path,
+        spec,
+        {"journal": journal},
+        kill_when=lambda _: wait_for_journal(
+            journal, lambda entries: ended(entries) == 4 and len(entries) == 10
+        ),
     )
-    doomed = start_worker(env, tmp_path / "worker-1.log")
-    try:
-        await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-        run = await stepflow.start_pipeline(spec, {"journal": journal})
-        await wait_for_journal(journal, lambda entries: ended(entries) == 4 and len(entries) == 10)
-        sigkill(doomed)
-    finally:
-        stop_worker(doomed)
 
-    rescuer = start_worker(env, tmp_path / "worker-2.log")
-    try:
-        result = await stepflow.get_result(run.workflow_id)
-    finally:
-        stop_worker(rescuer)
-
+    result = crash.result
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert result.output("each") == [0, 1, 2, 3, 4, 5]
     starts = started_keys(journal)
@@ -125,27 +118,20 @@ async def test_worker_killed_mid_loop_iteration_runs_only_the_unfinished_step_ag
         },
         inputs=JOURNAL,
     )
-    env = process_env(
-        temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
-    )
-    doomed = start_worker(env, tmp_path / "worker-1.log")
-    try:
-        await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-        run = await stepflow.start_pipeline(spec, {"journal": journal})
+    env = tool_worker_env(temporal_env.client.service_client.config.target_host, task_queue)
+    crash = await run_through_worker_crash(
+        stepflow,
+        env,
+        tmp_path,
+        spec,
+        {"journal": journal},
         # Iteration 1 done (write, review), iteration 2's write done, its review started.
-        await wait_for_journal(journal, lambda entries: ended(entries) == 3 and len(entries) == 7)
-        sigkill(doomed)
-    finally:
-        stop_worker(doomed)
+        kill_when=lambda _: wait_for_journal(
+            journal, lambda entries: ended(entries) == 3 and len(entries) == 7
+        ),
+    )
 
-    rescuer = start_worker(env, tmp_path / "worker-2.log")
-    try:
-        result = await stepflow.get_result(run.workflow_id)
-    finally:
-        stop_worker(rescuer)
-
+    result = crash.result
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert result.output("revise") == {"write": "draft", "review": 3}
     assert started_keys(journal) == {

@@ -20,7 +20,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
 from stepflow.runtime.settings import Settings
-from stepflow.worker import WORKER_READY_LINE
 from stepflow.workflows.models import PipelineSpec, PipelineStatus, StepStatus
 from tests.support.crash import (
     FileBackedServer,
@@ -29,15 +28,15 @@ from tests.support.crash import (
     reference_run,
     sigkill,
     starts,
-    stop_worker,
     wait_for_heartbeat,
     wait_for_journal,
-    wait_until,
 )
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer, hang, text, tool_calls
-from tests.support.processes import process_env, start_worker, wait_for_log
+from tests.support.processes import tool_worker_env
 from tests.support.tools import journal_read
+from tests.support.waiting import wait_until
+from tests.support.worker_processes import run_through_worker_crash, running_worker, worker_crash
 
 JOURNAL = {"journal": {"type": "string"}}
 """Every pipeline here takes its journal as an input, so the calm run journals apart."""
@@ -96,40 +95,33 @@ async def test_worker_killed_mid_tool_step_and_a_new_worker_finishes_the_run(
     journal: str,
     tmp_path: Path,
 ) -> None:
-    env = process_env(
-        temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
-    )
+    env = tool_worker_env(temporal_env.client.service_client.config.target_host, task_queue)
     spec = counting_pipeline(hold_at=8)
     Path(f"{journal}.hold").touch()
 
-    doomed = start_worker(env, tmp_path / "worker-1.log")
-    try:
-        await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-        run = await stepflow.start_pipeline(spec, {"journal": journal})
+    async with worker_crash(
+        stepflow,
+        env,
+        tmp_path,
+        spec,
+        {"journal": journal},
         # Kill once the server holds the progress: items 0..7 done, 8 next.
-        await wait_for_heartbeat(stepflow.temporal, run.workflow_id, {"next": 8, "sum": 28})
-        sigkill(doomed)
-    finally:
-        stop_worker(doomed)
-
-    rescuer = start_worker(env, tmp_path / "worker-2.log")
-    try:
-        result = await stepflow.get_result(run.workflow_id)
+        kill_when=lambda workflow_id: wait_for_heartbeat(
+            stepflow.temporal, workflow_id, {"next": 8, "sum": 28}
+        ),
+    ) as crash:
         calm = await reference_run(stepflow, spec, {"journal": str(tmp_path / "calm.jsonl")})
-    finally:
-        stop_worker(rescuer)
 
+    result = crash.result
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert outputs(result) == outputs(calm)
     assert result.output("last") == {"items": 20, "sum": sum(range(20))}
     # Completed steps ran exactly once; only the interrupted one ran again, from its heartbeat.
     assert starts(journal) == {"first": 1, "second": 1, "long": 2, "last": 1}
     runs = assert_resumed(journal, "long", held_at=8, items=20)
-    assert [e["pid"] for e in runs] == [doomed.pid, rescuer.pid]
+    assert [e["pid"] for e in runs] == [crash.doomed.pid, crash.rescuer.pid]
     assert result.step("long").attempts == 2
-    assert rescuer.returncode == 0  # and SIGTERM shut the new worker down cleanly
+    assert crash.rescuer.returncode == 0  # and SIGTERM shut the new worker down cleanly
 
 
 async def test_worker_killed_during_a_model_call_and_the_call_is_made_again(
@@ -159,32 +151,28 @@ async def test_worker_killed_during_a_model_call_and_the_call_is_made_again(
         inputs=JOURNAL,
     )
     with ScriptedModelServer() as model:
-        env = process_env(
+        env = tool_worker_env(
             temporal_env.client.service_client.config.target_host,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
+            task_queue,
             OPENAI_BASE_URL=model.base_url,
             OPENAI_API_KEY=TEST_API_KEY,
         )
         # The first call never gets an answer; its retry, and the calm run's call, do.
         model.play(hang(60), text("the answer"), text("the answer"))
-        doomed = start_worker(env, tmp_path / "worker-1.log")
-        try:
-            await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-            run = await stepflow.start_pipeline(spec, {"journal": journal})
-            await wait_until(lambda: len(model.requests) == 1, "the model call never came")
-            sigkill(doomed)
-        finally:
-            stop_worker(doomed)
-
-        rescuer = start_worker(env, tmp_path / "worker-2.log")
-        try:
-            result = await stepflow.get_result(run.workflow_id)
+        async with worker_crash(
+            stepflow,
+            env,
+            tmp_path,
+            spec,
+            {"journal": journal},
+            kill_when=lambda _: wait_until(
+                lambda: len(model.requests) == 1, "the model call to arrive"
+            ),
+        ) as crash:
             retried = model.requests
             calm = await reference_run(stepflow, spec, {"journal": str(tmp_path / "calm.jsonl")})
-        finally:
-            stop_worker(rescuer)
 
+    result = crash.result
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert outputs(result) == outputs(calm)
     assert result.output("after") == "the answer"
@@ -209,11 +197,7 @@ async def test_worker_killed_between_steps_and_a_new_worker_goes_on_from_there(
     An approval between them holds the run at that point until the test decides, so the kill
     cannot race the next step's start.
     """
-    env = process_env(
-        temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
-    )
+    env = tool_worker_env(temporal_env.client.service_client.config.target_host, task_queue)
     spec = pipeline(
         step("first", "record", args={"journal": "{{ inputs.journal }}", "value": 1}),
         {"id": "gate", "kind": "approval", "depends_on": ["first"]},
@@ -233,30 +217,23 @@ async def test_worker_killed_between_steps_and_a_new_worker_goes_on_from_there(
             state = await stepflow.status(run.workflow_id)
             return next(r for r in state.steps if r.id == "gate").status is StepStatus.WAITING
 
-        await wait_until(gate_waits, "the gate never waited")
+        await wait_until(gate_waits, "the gate to wait")
         if crash:
             assert journal_read(journal) and starts(journal) == {"first": 1}
             sigkill(doomed)
         return run.workflow_id
 
-    doomed = start_worker(env, tmp_path / "worker-1.log")
-    try:
-        await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
+    async with running_worker(env, tmp_path / "worker-1.log") as doomed:
         workflow_id = await run_through({"journal": journal}, crash=True)
-    finally:
-        stop_worker(doomed)
 
-    rescuer = start_worker(env, tmp_path / "worker-2.log")
-    # The run's tasks reach the new worker only after the dead one's sticky timeout (10 s).
-    stepflow.update_timeout = timedelta(seconds=60)
-    try:
+    async with running_worker(env, tmp_path / "worker-2.log") as rescuer:
+        # The run's tasks reach the new worker only after the dead one's sticky timeout (10 s).
+        stepflow.update_timeout = timedelta(seconds=60)
         await stepflow.approve(workflow_id, "gate")  # answered by the new worker
         result = await stepflow.get_result(workflow_id)
         calm_id = await run_through({"journal": str(tmp_path / "calm.jsonl")}, crash=False)
         await stepflow.approve(calm_id, "gate")
         calm = await stepflow.get_result(calm_id)
-    finally:
-        stop_worker(rescuer)
 
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert outputs(result) == outputs(calm)
@@ -280,14 +257,8 @@ async def test_server_killed_mid_run_and_restarted_on_its_file_the_run_completes
         await server.start()
         client = await server.connect()
         stepflow = StepflowClient(client, settings=settings)
-        env = process_env(
-            server.address,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
-        )
-        worker = start_worker(env, tmp_path / "worker.log")
-        try:
-            await wait_for_log(tmp_path / "worker.log", WORKER_READY_LINE, worker)
+        env = tool_worker_env(server.address, task_queue)
+        async with running_worker(env, tmp_path / "worker.log") as worker:
             run = await stepflow.start_pipeline(spec, {"journal": journal})
             await wait_for_heartbeat(client, run.workflow_id, {"next": 10, "sum": 45})
             server.kill()
@@ -297,8 +268,6 @@ async def test_server_killed_mid_run_and_restarted_on_its_file_the_run_completes
             result = await stepflow.get_result(run.workflow_id)
             assert worker.poll() is None, "the worker did not survive the outage"
             calm = await reference_run(stepflow, spec, {"journal": str(tmp_path / "calm.jsonl")})
-        finally:
-            stop_worker(worker)
 
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert outputs(result) == outputs(calm)
@@ -323,27 +292,16 @@ async def test_server_and_worker_killed_together_and_both_restarted_the_run_comp
         await server.start()
         client = await server.connect()
         stepflow = StepflowClient(client, settings=settings)
-        env = process_env(
-            server.address,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
-        )
-        doomed = start_worker(env, tmp_path / "worker-1.log")
-        try:
-            await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
+        env = tool_worker_env(server.address, task_queue)
+        async with running_worker(env, tmp_path / "worker-1.log") as doomed:
             run = await stepflow.start_pipeline(spec, {"journal": journal})
             await wait_for_heartbeat(client, run.workflow_id, {"next": 10, "sum": 45})
             sigkill(doomed)
             server.kill()
-        finally:
-            stop_worker(doomed)
         await server.restart()
-        rescuer = start_worker(env, tmp_path / "worker-2.log")
-        try:
+        async with running_worker(env, tmp_path / "worker-2.log") as rescuer:
             result = await stepflow.get_result(run.workflow_id)
             calm = await reference_run(stepflow, spec, {"journal": str(tmp_path / "calm.jsonl")})
-        finally:
-            stop_worker(rescuer)
 
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert outputs(result) == outputs(calm)
@@ -360,10 +318,9 @@ async def test_agent_step_resumes_the_conversation_after_its_worker_is_killed(
     tmp_path: Path,
 ) -> None:
     with ScriptedModelServer() as model:
-        env = process_env(
+        env = tool_worker_env(
             temporal_env.client.service_client.config.target_host,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
+            task_queue,
             OPENAI_BASE_URL=model.base_url,
             OPENAI_API_KEY=TEST_API_KEY,
         )
@@ -379,22 +336,16 @@ async def test_agent_step_resumes_the_conversation_after_its_worker_is_killed(
                 tool_retry={"initial_interval": "100ms"},
             )
         )
-        doomed = start_worker(env, tmp_path / "worker-1.log")
-        try:
-            await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-            run = await stepflow.start_pipeline(spec)
-            await wait_for_journal(journal, lambda entries: len(entries) >= 1)  # the tool runs
-            sigkill(doomed)
-        finally:
-            stop_worker(doomed)
+        crash = await run_through_worker_crash(
+            stepflow,
+            env,
+            tmp_path,
+            spec,
+            # Once the tool runs.
+            kill_when=lambda _: wait_for_journal(journal, lambda entries: len(entries) >= 1),
+        )
 
-        rescuer = start_worker(env, tmp_path / "worker-2.log")
-        try:
-            result = await stepflow.get_result(run.workflow_id)
-        finally:
-            stop_worker(rescuer)
-
-    record = result.step("a")
+    record = crash.result.step("a")
     assert record.status is StepStatus.SUCCEEDED, record.error
     assert record.output == "done after the crash"
     # The first model call was not made again: the conversation came back from history.

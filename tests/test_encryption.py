@@ -36,7 +36,6 @@ from stepflow.runtime.payload_storage import stepflow_data_converter
 from stepflow.runtime.settings import Settings
 from stepflow.workflows.models import PipelineStatus
 from tests.support.control_tools import wait_step
-from tests.support.crash import wait_until
 from tests.support.encrypted import (
     DESCRIPTION,
     ERROR,
@@ -57,6 +56,7 @@ from tests.support.encrypted import (
 from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer
 from tests.support.processes import ROOT, one_error_line, process_env, stepflow_cli
+from tests.support.waiting import wait_until
 
 REFERENCE_TYPE = ExternalStorageReference.DESCRIPTOR.full_name.encode()
 """The `messageType` of a payload store reference."""
@@ -223,7 +223,7 @@ async def test_a_worker_without_the_key_leaves_the_run_waiting_until_the_key_is_
             ]
             return bool(failures)
 
-        await wait_until(task_failed, "the workflow task never failed")
+        await wait_until(task_failed, "the workflow task to fail")
         assert key_id_of(b"o" * 32) in failures[0]
     # Temporal retries the task; a worker with both keys finishes the run.
     async with encrypted(f"2026-11:{NEW_KEY},{OLD_KEY}") as run:

@@ -24,7 +24,15 @@ from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker
 from stepflow.workflows.models import StepStatus
 from tests.support.helpers import pipeline, step
-from tests.support.processes import ROOT, cli_process, ok, one_error_line, process_env, stepflow_cli
+from tests.support.processes import (
+    ROOT,
+    cli_process,
+    ok,
+    one_error_line,
+    process_env,
+    stepflow_cli,
+    tool_worker_env,
+)
 
 PIPELINE = """
 name: first-hour
@@ -42,11 +50,7 @@ async def test_run_says_within_seconds_that_no_worker_serves_its_queue_and_goes_
 ) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(PIPELINE)
-    env = process_env(
-        temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
-    )
+    env = tool_worker_env(temporal_env.client.service_client.config.target_host, task_queue)
     process = await cli_process(env, "run", str(path))
     assert process.stderr is not None
     started = time.monotonic()
@@ -78,11 +82,7 @@ async def test_starting_a_second_run_with_a_running_runs_id_is_one_line(
 ) -> None:
     path = tmp_path / "wait.yaml"
     path.write_text("name: waits\nsteps:\n  - {id: ok, kind: approval}\n")
-    env = process_env(
-        temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
-    )
+    env = tool_worker_env(temporal_env.client.service_client.config.target_host, task_queue)
     ok(await stepflow_cli(env, "run", str(path), "--id", "twice", "--no-wait"))
 
     again = await stepflow_cli(env, "run", str(path), "--id", "twice")

@@ -28,10 +28,10 @@ from stepflow.workflows.models import (
     PipelineStatus,
     ToolCallInput,
 )
-from tests.support.crash import wait_until
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, text, tool_calls
 from tests.support.tools import journal_read
+from tests.support.waiting import wait_until
 
 
 async def test_a_tool_that_failed_mid_way_resumes_from_its_last_heartbeat(
@@ -77,7 +77,7 @@ async def test_a_slow_model_call_heartbeats_while_it_waits_and_is_not_timed_out(
         pending = await _pending_model_call(temporal_client, f"{run.workflow_id}/think")
         return pending.HasField("last_heartbeat_time")
 
-    await wait_until(heartbeat_recorded, "the model call never heartbeat")
+    await wait_until(heartbeat_recorded, "the model call to heartbeat")
     result = await stepflow.get_result(run.workflow_id)
 
     assert result.status is PipelineStatus.SUCCEEDED, result.error
@@ -206,7 +206,7 @@ async def _pending_model_call(client: Client, workflow_id: str) -> Any:
         found[:] = [await described()]
         return found[0] is not None
 
-    await wait_until(running, f"no model call running in {workflow_id}")
+    await wait_until(running, f"a model call running in {workflow_id}")
     return found[0]
 
 

@@ -18,7 +18,6 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
-from stepflow.worker import WORKER_READY_LINE
 from stepflow.workflows.control import CANCEL_STEP, RunStatus, StepRequest
 from stepflow.workflows.errors import ErrorType
 from stepflow.workflows.models import PipelineStatus, StepStatus
@@ -33,11 +32,12 @@ from tests.support.control_tools import (
     wait_cancelled,
     wait_started,
 )
-from tests.support.crash import sigkill, stop_worker, wait_for_journal
+from tests.support.crash import wait_for_journal
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer, text, tool_calls
-from tests.support.processes import process_env, start_worker, wait_for_log
+from tests.support.processes import tool_worker_env
 from tests.support.tools import journal_read
+from tests.support.worker_processes import run_through_worker_crash
 from tests.test_budgets import CALL_TOKENS, PRICE, busy_agent, priced_models
 
 
@@ -188,10 +188,9 @@ async def test_an_inline_step_resumes_after_its_worker_is_killed(
     tmp_path: Path,
 ) -> None:
     with ScriptedModelServer() as model:
-        env = process_env(
+        env = tool_worker_env(
             temporal_env.client.service_client.config.target_host,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
+            task_queue,
             OPENAI_BASE_URL=model.base_url,
             OPENAI_API_KEY=TEST_API_KEY,
         )
@@ -209,23 +208,16 @@ async def test_an_inline_step_resumes_after_its_worker_is_killed(
                 inline=True,
             )
         )
-        doomed = start_worker(env, tmp_path / "worker-1.log")
-        try:
-            await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-            run = await stepflow.start_pipeline(spec)
+        crash = await run_through_worker_crash(
+            stepflow,
+            env,
+            tmp_path,
+            spec,
             # `record` ran and ended, and the second call's slow tool is running.
-            await wait_for_journal(journal, lambda entries: len(entries) >= 3)
-            sigkill(doomed)
-        finally:
-            stop_worker(doomed)
+            kill_when=lambda _: wait_for_journal(journal, lambda entries: len(entries) >= 3),
+        )
 
-        rescuer = start_worker(env, tmp_path / "worker-2.log")
-        try:
-            result = await stepflow.get_result(run.workflow_id)
-        finally:
-            stop_worker(rescuer)
-
-    record = result.step("a")
+    record = crash.result.step("a")
     assert record.status is StepStatus.SUCCEEDED, record.error
     assert record.output == "done after the crash"
     # No model call made again: the conversation came back from the pipeline's history.

@@ -8,11 +8,10 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
-from stepflow.runtime.devserver import WORKER_READY_LINE
 from stepflow.workflows.models import PipelineSpec
-from tests.support.crash import stop_worker
 from tests.support.helpers import pipeline, step
-from tests.support.processes import process_env, start_worker, wait_for_log
+from tests.support.processes import tool_worker_env
+from tests.support.worker_processes import running_worker
 
 SECRET = "private-customer-text-7f3a"
 
@@ -60,21 +59,14 @@ async def run_in_worker_process(
 ) -> str:
     """Run `content_pipeline` on a `python worker.py` with `env`; its log."""
     log = tmp_path / "worker.log"
-    worker = start_worker(
-        process_env(
-            temporal_env.client.service_client.config.target_host,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
-            STEPFLOW_PAYLOAD_DIR=str(tmp_path / "payloads"),
-            **env,
-        ),
-        log,
+    worker_env = tool_worker_env(
+        temporal_env.client.service_client.config.target_host,
+        task_queue,
+        STEPFLOW_PAYLOAD_DIR=str(tmp_path / "payloads"),
+        **env,
     )
-    try:
-        await wait_for_log(log, WORKER_READY_LINE, worker)
+    async with running_worker(worker_env, log):
         result = await stepflow.run_pipeline(content_pipeline())
-    finally:
-        stop_worker(worker)
     assert result.step("b").error == FAILURE
     return log.read_text()
 

@@ -21,7 +21,6 @@ from stepflow.client.cli import main
 from stepflow.client.plan_checks import plan_issues, plan_step_issues
 from stepflow.client.plan_view import plan_lines, plan_table
 from stepflow.client.timeline import format_lines
-from stepflow.worker import WORKER_READY_LINE
 from stepflow.workflows.control import RunStatus
 from stepflow.workflows.models import (
     PipelineSpec,
@@ -34,11 +33,12 @@ from stepflow.workflows.requests import check_decision
 from stepflow.workflows.run_view import details_markdown
 from stepflow.workflows.validation import structural_issues
 from tests.support.control_tools import assert_mentions, history, timers, wait_step
-from tests.support.crash import sigkill, stop_worker, wait_for_journal
+from tests.support.crash import wait_for_journal
 from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer, text
-from tests.support.processes import process_env, start_worker, wait_for_log
+from tests.support.processes import tool_worker_env
 from tests.support.tools import journal_read
+from tests.support.worker_processes import run_through_worker_crash
 
 ALLOW = {"tools": ["echo", "record"], "kinds": ["agent", "tool"], "max_steps": 4}
 
@@ -370,29 +370,22 @@ async def test_worker_killed_mid_plan_repeats_no_completed_step_and_never_plans_
         inputs=TOPIC,
         defaults={"retry": quick, "timeout": slow},
     )
-    env = process_env(
+    env = tool_worker_env(
         temporal_env.client.service_client.config.target_host,
-        STEPFLOW_TASK_QUEUE=task_queue,
-        STEPFLOW_TOOL_MODULES="tests.support.tools",
+        task_queue,
         OPENAI_BASE_URL=model_server.base_url,
         OPENAI_API_KEY="sk-test-not-a-real-key",
     )
-    doomed = start_worker(env, tmp_path / "worker-1.log")
-    try:
-        await wait_for_log(tmp_path / "worker-1.log", WORKER_READY_LINE, doomed)
-        run = await stepflow.start_pipeline(spec)
+    crash = await run_through_worker_crash(
+        stepflow,
+        env,
+        tmp_path,
+        spec,
         # `one` done, `two` started (it takes 3 s): the worker dies in the middle of it.
-        await wait_for_journal(journal, lambda entries: started(journal)["two"] == 1)
-        sigkill(doomed)
-    finally:
-        stop_worker(doomed)
+        kill_when=lambda _: wait_for_journal(journal, lambda entries: started(journal)["two"] == 1),
+    )
 
-    rescuer = start_worker(env, tmp_path / "worker-2.log")
-    try:
-        result = await stepflow.get_result(run.workflow_id)
-    finally:
-        stop_worker(rescuer)
-
+    result = crash.result
     assert result.status is PipelineStatus.SUCCEEDED, result.error
     assert result.output("plan") == {"done": 2}
     assert started(journal) == {"one": 1, "two": 2, "three": 1}

@@ -27,8 +27,8 @@ from stepflow.runtime.settings import Settings
 from stepflow.worker import build_worker, build_workers
 from stepflow.workflows.control import STEP_PROGRESS
 from stepflow.workflows.models import PipelineSpec, PipelineStatus
-from tests.support.crash import wait_until
 from tests.support.helpers import agent, pipeline, step
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -139,7 +139,7 @@ async def test_workers_report_retries_through_their_own_clients(
             async def reported(workflow_id: str = workflow_id) -> bool:
                 return bool(await reporters(workflow_id))
 
-            await wait_until(reported, f"run {name}: no retry report")
+            await wait_until(reported, f"run {name}'s retry report")
             assert set(await reporters(workflow_id)) == {f"client-{name}"}
             await temporal_client.get_workflow_handle(workflow_id).terminate("test done")
 

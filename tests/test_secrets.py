@@ -20,9 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
 from stepflow.client.schedules import PipelineSchedules
-from stepflow.runtime.devserver import WORKER_READY_LINE
 from stepflow.workflows.models import PipelineResult, PipelineSpec, StepStatus
-from tests.support.crash import stop_worker
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import (
     TEST_API_KEY,
@@ -33,7 +31,8 @@ from tests.support.model_server import (
     text,
     tool_calls,
 )
-from tests.support.processes import process_env, start_worker, wait_for_log
+from tests.support.processes import tool_worker_env
+from tests.support.worker_processes import running_worker
 
 PROVIDER_KEY = "sk-planted-acme-provider-key-5f0c9a7e"
 KEYS = [TEST_API_KEY, PROVIDER_KEY]
@@ -153,21 +152,16 @@ async def test_the_worker_process_logs_no_key_and_no_content(
     tmp_path: Path,
 ) -> None:
     with ScriptedModelServer() as model_server:
-        env = process_env(
+        env = tool_worker_env(
             temporal_env.client.service_client.config.target_host,
-            STEPFLOW_TASK_QUEUE=task_queue,
-            STEPFLOW_TOOL_MODULES="tests.support.tools",
+            task_queue,
             STEPFLOW_PAYLOAD_DIR=str(tmp_path / "payloads"),
             **configure_models(model_server),
         )
         log = tmp_path / "worker.log"
-        worker = start_worker(env, log)
-        try:
-            await wait_for_log(log, WORKER_READY_LINE, worker)
+        async with running_worker(env, log):
             run = await stepflow.start_pipeline(keyed_pipeline(), {"topic": TOPIC})
             result = await stepflow.get_result(run.workflow_id)
-        finally:
-            stop_worker(worker)
         assert_keys_were_used(result, model_server)
 
     lines = log.read_text()

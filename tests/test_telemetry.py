@@ -35,7 +35,6 @@ from stepflow.runtime.tracing import StepflowTracingInterceptor, run_trace_id
 from stepflow.worker import WORKER_READY_LINE, WORKFLOWS, build_worker
 from stepflow.workflows.models import PipelineSpec, PipelineStatus, StepStatus
 from tests.conftest import TEST_TOOL_MODULES
-from tests.support.crash import stop_worker, wait_until
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import TEST_API_KEY, ScriptedModelServer, text, tool_calls
 from tests.support.processes import (
@@ -43,10 +42,10 @@ from tests.support.processes import (
     free_port,
     ok,
     process_env,
-    start_worker,
     stepflow_cli,
-    wait_for_log,
 )
+from tests.support.waiting import wait_until
+from tests.support.worker_processes import running_worker
 
 SECRET_INPUT = "the-confidential-brief-7f3a"
 SECRET_REPLY = "the-confidential-answer-91c2"
@@ -311,9 +310,7 @@ async def test_the_worker_serves_the_sdks_and_stepflows_metrics(
     )
     play_agent(model_server, journal)
     log = tmp_path / "worker.log"
-    process = start_worker({**worker_env, "STEPFLOW_METRICS_BIND": address}, log)
-    try:
-        await wait_for_log(log, WORKER_READY_LINE, process)
+    async with running_worker({**worker_env, "STEPFLOW_METRICS_BIND": address}, log):
         ready = next(
             json.loads(line) for line in log.read_text().splitlines() if WORKER_READY_LINE in line
         )
@@ -339,9 +336,7 @@ async def test_the_worker_serves_the_sdks_and_stepflows_metrics(
                     and value(samples, "temporal_workflow_completed") == 2
                 )
 
-            await wait_until(scraped_all, "the run's metrics did not all appear")
-    finally:
-        stop_worker(process)
+            await wait_until(scraped_all, "all the run's metrics to appear")
 
     def steps(kind: str, status: str) -> float:
         return value(samples, "stepflow_steps_total", pipeline="metered", kind=kind, status=status)
@@ -390,12 +385,9 @@ async def test_spans_of_a_run_started_by_the_cli_join_the_workers_in_one_trace(
     path.write_text(traced_pipeline().model_dump_json())  # JSON is YAML
     play_agent(model_server, journal)
     log = tmp_path / "worker.log"
-    process = start_worker(env, log)
-    try:
-        await wait_for_log(log, WORKER_READY_LINE, process)
+    # Stopped with SIGTERM on the way out: the worker exports the spans still queued, then exits.
+    async with running_worker(env, log):
         done = ok(await stepflow_cli(env, "run", str(path), "--json"))
-    finally:
-        stop_worker(process)  # SIGTERM: the worker exports the spans still queued, then exits
     assert json.loads(done.stdout)["status"] == "SUCCEEDED"
 
     def spans_in(text: str) -> list[dict[str, Any]]:

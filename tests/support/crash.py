@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -152,20 +152,6 @@ def sigkill(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL a worker subprocess and wait until it is gone."""
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
-
-
-async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], message: str, limit: float = 30
-) -> None:
-    """Poll `condition` (plain or async) until it holds; fail with `message` after `limit` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        outcome = condition()
-        if outcome if isinstance(outcome, bool) else await outcome:
-            return
-        assert loop.time() < deadline, message
-        await asyncio.sleep(0.05)
 
 
 async def wait_for_journal(

@@ -35,6 +35,17 @@ def process_env(target_host: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def tool_worker_env(target_host: str, task_queue: str, **extra: str) -> dict[str, str]:
+    """`process_env` for a `python worker.py` (or `stepflow` command) on `task_queue` with
+    the tools of tests/support/tools.py: what most tests that start processes need."""
+    return process_env(
+        target_host,
+        STEPFLOW_TASK_QUEUE=task_queue,
+        STEPFLOW_TOOL_MODULES="tests.support.tools",
+        **extra,
+    )
+
+
 @dataclass
 class Completed:
     code: int
