@@ -90,7 +90,7 @@ from stepflow.runtime.payload_storage import PayloadStoreError
 from stepflow.runtime.routing import explain_settings_error
 from stepflow.runtime.settings import get_settings
 from stepflow.workflows.models import PipelineResult, PipelineSpec, PipelineStatus
-from stepflow.workflows.validation import SpecError
+from stepflow.workflows.validation import SpecError, resolve_inputs
 
 
 def _result_exit(result: PipelineResult) -> int:
@@ -158,6 +158,7 @@ async def _wait_for_result(
 async def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.file)
     inputs = parse_inputs(spec, args.input)
+    resolve_inputs(spec, inputs)  # a wrong input is refused before, and without, a connection
     _warn(spec, args.file)
     client = await StepflowClient.connect()
     run = await client.start_pipeline(spec, inputs, workflow_id=args.id, no_cache=args.no_cache)

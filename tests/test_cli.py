@@ -106,6 +106,12 @@ async def test_bad_input_exits_2_before_starting(
     assert "started" not in done.stderr
 
 
+async def test_a_wrong_input_is_refused_without_a_server(files: dict[str, str]) -> None:
+    """The inputs are checked before connecting: the mistake, not the missing server."""
+    done = await stepflow_cli(process_env("127.0.0.1:1"), "run", files["good"], "--input", "cont=3")
+    one_error_line(done, "unknown input 'cont' (did you mean 'count'?)", prefix=files["good"])
+
+
 async def test_result_of_an_unknown_run_exits_2(cli_env: dict[str, str]) -> None:
     done = await stepflow_cli(cli_env, "result", "no-such-run")
     assert done.code == 2
