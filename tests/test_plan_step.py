@@ -10,7 +10,6 @@ import re
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -36,44 +35,10 @@ from tests.support.control_tools import assert_mentions, history, timers, wait_s
 from tests.support.crash import wait_for_journal
 from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer, text
+from tests.support.plans import TOPIC, plan_step, planned, ran, recorded
 from tests.support.processes import tool_worker_env
 from tests.support.tools import journal_read
 from tests.support.worker_processes import run_through_worker_crash
-
-ALLOW = {"tools": ["echo", "record"], "kinds": ["agent", "tool"], "max_steps": 4}
-
-
-def plan_step(step_id: str = "plan", **fields: Any) -> dict[str, Any]:
-    """A plan step as a pipeline file writes it; the request is the run's `topic`."""
-    return {
-        "id": step_id,
-        "kind": "plan",
-        "instructions": "Plan the work on {{ inputs.topic }}.",
-        "input": "{{ inputs.topic }}",
-        "allow": fields.pop("allow", ALLOW),
-        **fields,
-    }
-
-
-def planned(*steps: dict[str, Any], **outputs: str) -> dict[str, Any]:
-    """A plan as the model answers it."""
-    plan: dict[str, Any] = {"steps": list(steps)}
-    if outputs:
-        plan["outputs"] = outputs
-    return plan
-
-
-def recorded(step_id: str, journal: str, value: Any, **fields: Any) -> dict[str, Any]:
-    return step(step_id, "record", args={"journal": journal, "value": value}, **fields)
-
-
-TOPIC = {"topic": {"type": "string", "default": "tides"}}
-
-
-def ran(journal: str) -> list[str]:
-    """The planned steps whose tool ran, in the order they finished."""
-    return [e["step"] for e in journal_read(journal) if e["event"] == "end"]
-
 
 # -- a plan that is valid at once ------------------------------------------------------------
 

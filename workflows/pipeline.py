@@ -205,6 +205,8 @@ class PipelineWorkflow:
             reuse_inside=dict(input.reuse.inside) if input.reuse else {},
             no_cache=input.no_cache,
             budgets=self._budget.ledgers(input.budgets),
+            waits_for_person=self._scheduler.wait_for_person,
+            answered=self._scheduler.answered,
         )
         try:
             self._resume_waiting(ctx)
@@ -278,7 +280,12 @@ class PipelineWorkflow:
 
     def _slot_takers(self) -> list[str]:
         """Running steps that are not waiting for a person."""
-        return [sid for sid in self._tasks if self.steps[sid].kind not in HUMAN_KINDS]
+        away = self._scheduler.away
+        return [
+            sid
+            for sid in self._tasks
+            if sid not in away and self.steps[sid].kind not in HUMAN_KINDS
+        ]
 
     def _is_cancelling(self) -> bool:
         return self._cancelling
@@ -437,23 +444,28 @@ class PipelineWorkflow:
     # -- continuing as new --------------------------------------------------------------
 
     def _resume_waiting(self, ctx: StepContext) -> None:
-        """A continued run: the approval and input steps the run before left waiting wait on.
+        """A continued run: the approval and input steps, and the plans waiting for approval,
+        that the run before left waiting wait on.
 
         One whose cancel request reached the run before too late to take effect there
         is cancelled here, as a step that never started would be.
         """
         for s in ctx.spec.steps:
             record = self.state.record(s.id)
-            if s.kind not in HUMAN_KINDS or record.status not in (
-                StepStatus.WAITING,
-                StepStatus.RUNNING,
+            # A plan waiting for approval is handed over too (`steps.plan`), its plan made.
+            away = (
+                s.kind == "plan" and record.status is StepStatus.WAITING and record.plan is not None
+            )
+            if not away and (
+                s.kind not in HUMAN_KINDS
+                or record.status not in (StepStatus.WAITING, StepStatus.RUNNING)
             ):
                 continue
             if s.id in self.state.cancel_requests:
                 record.waiting_for = None
                 self._cancel_pending(s.id, self.state.cancel_requests[s.id])
                 continue
-            self._scheduler.resume(s.id)
+            self._scheduler.resume(s.id, away=away)
             self._tasks[s.id] = asyncio.create_task(self._run_step(ctx, s, resume=True))
 
     async def _continue_as_new(self, input: PipelineInput) -> None:

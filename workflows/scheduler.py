@@ -10,7 +10,9 @@ The rules:
   skipped ones are fine; `all_done`: whatever happened; `one_succeeded`: at
   least one succeeded); ready steps start in the order the spec lists them;
 - at most `max_concurrency` steps run at once; approval and input steps wait for
-  a person and take no slot;
+  a person and take no slot, nor does a running step while it waits for one (a
+  plan waiting for approval: `wait_for_person`), which takes its slot back once
+  answered even if the others are taken meanwhile;
 - a step that ends without succeeding skips the pending dependents whose trigger
   it can no longer meet, and theirs, each with the reason ("dependency 'x'
   failed"); a dependent whose trigger it still meets waits on;
@@ -118,6 +120,8 @@ class DagScheduler:
         heapq.heapify(self._ready)
         self._running: set[str] = set()
         self._busy = 0
+        self._away: set[str] = set()
+        """Running steps that wait for a person now and hold no slot meanwhile."""
         self.halted = False
 
     # -- what the run asks ---------------------------------------------------------
@@ -130,6 +134,11 @@ class DagScheduler:
     @property
     def running(self) -> frozenset[str]:
         return frozenset(self._running)
+
+    @property
+    def away(self) -> frozenset[str]:
+        """Running steps that wait for a person now, holding no slot."""
+        return frozenset(self._away)
 
     def is_pending(self, step_id: str) -> bool:
         return step_id in self._pending
@@ -171,10 +180,27 @@ class DagScheduler:
             heapq.heappush(self._ready, entry)
         return started
 
-    def resume(self, step_id: str) -> None:
-        """A step a continued run took over running (a person still to answer) runs here too."""
+    def resume(self, step_id: str, *, away: bool = False) -> None:
+        """A step a continued run took over running (a person still to answer) runs here too;
+        `away`: a step that takes a slot, waiting for a person (it takes none till answered)."""
         self._pending.pop(step_id, None)
-        self._start(step_id)
+        if away:
+            self._running.add(step_id)
+            self._away.add(step_id)
+        else:
+            self._start(step_id)
+
+    def wait_for_person(self, step_id: str) -> None:
+        """A running step now waits for a person: its slot is free for others meanwhile."""
+        if step_id in self._running and step_id not in self._human | self._away:
+            self._away.add(step_id)
+            self._busy -= 1
+
+    def answered(self, step_id: str) -> None:
+        """The person answered: the step takes its slot back, at once (it had it before)."""
+        if step_id in self._away:
+            self._away.discard(step_id)
+            self._busy += 1
 
     def _start(self, step_id: str) -> None:
         self._pending.pop(step_id, None)
@@ -190,7 +216,9 @@ class DagScheduler:
         """
         if step_id in self._running:
             self._running.discard(step_id)
-            if step_id not in self._human:
+            if step_id in self._away:
+                self._away.discard(step_id)
+            elif step_id not in self._human:
                 self._busy -= 1
         self._pending.pop(step_id, None)
         if status is not StepStatus.SUCCEEDED and self.halted:
@@ -233,6 +261,7 @@ class DagScheduler:
         self.halt()
         self._ready.clear()
         self._running.clear()
+        self._away.clear()
         self._busy = 0
         pending = sorted(self._pending, key=self._order.__getitem__)
         self._pending.clear()

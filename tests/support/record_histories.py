@@ -262,7 +262,38 @@ async def continue_as_new(stepflow: StepflowClient, server: ScriptedModelServer)
     return run.workflow_id
 
 
-LOW_LIMIT = {"continue-as-new"}
+async def plan_away(stepflow: StepflowClient, server: ScriptedModelServer) -> str:
+    """A plan waiting for approval frees its slot (one here) for a chain of steps, and the run
+    continues as new while it waits; it is approved in the next run."""
+    server.play(json_answer({"steps": [step("a", "echo", args={"value": "{{ inputs.request }}"})]}))
+    chain = [step("c0", "echo", args={"value": 0})] + [
+        step(f"c{i}", "echo", depends_on=[f"c{i - 1}"], args={"value": i}) for i in range(1, 12)
+    ]
+    spec = pipeline(
+        {
+            "id": "plan",
+            "kind": "plan",
+            "instructions": "Plan the work on tides.",
+            "input": "tides",
+            "allow": {"tools": ["echo"], "max_steps": 2},
+            "approve": {"message": "Run it?", "timeout": "1h"},
+        },
+        *chain,
+        step("after", "echo", depends_on=["plan", "c11"], args={"value": "done"}),
+        name="plan-away",
+        max_concurrency=1,
+    )
+    run = await stepflow.start_pipeline(spec, workflow_id=f"plan-away-{uuid.uuid4().hex[:8]}")
+    handle = stepflow.temporal.get_workflow_handle(run.workflow_id)
+    await _wait_for(stepflow, run.workflow_id, "c11", "SUCCEEDED")
+    if (await handle.describe()).run_id == run.run_id:
+        raise TimeoutError("the pipeline did not continue as new while the plan waited")
+    await stepflow.approve(run.workflow_id, "plan", "go")
+    await stepflow.get_result(run.workflow_id)
+    return run.workflow_id
+
+
+LOW_LIMIT = {"continue-as-new", "plan-away"}
 
 
 async def _low_limit_environment() -> WorkflowEnvironment:
@@ -396,6 +427,7 @@ SCENARIOS: dict[str, Scenario] = {
     "example-code-task-planned": _example("examples/code_task_planned.yaml"),
     "plan-scripted": plan_scripted,
     "budget-chain": budget_chain,
+    "plan-away": plan_away,
 }
 
 

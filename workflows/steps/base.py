@@ -40,6 +40,10 @@ from stepflow.workflows.templates import Scope, TemplateError, render
 AnyStep = ToolStep | AgentStep | ApprovalStep | InputStep | LoopStep | PipelineStep | PlanStep
 
 
+def _no_slots(step_id: str) -> None:
+    """A context without a scheduler's slots (tests of one runner)."""
+
+
 @dataclass
 class StepContext:
     """The run a step belongs to, as much of it as a step may use."""
@@ -71,6 +75,11 @@ class StepContext:
     budgets: list[BudgetLedger] = field(default_factory=list)
     """The ledgers of this run and the runs above it that have a `budget`: model calls check
     and charge them (`activities.budget`); child runs are handed them."""
+    waits_for_person: Callable[[str], None] = _no_slots
+    """A running step (a plan) now waits for a person: it frees its concurrency slot, and
+    the run may continue as new meanwhile (`DagScheduler.wait_for_person`)."""
+    answered: Callable[[str], None] = _no_slots
+    """The person answered that step: it takes its slot back (`DagScheduler.answered`)."""
     _options: dict[str, tuple[RetrySpec, dict[str, Any]]] = field(default_factory=dict)
     """Tool steps' retry and activity options, worked out once per step that sets its own and
     once for all that take the pipeline's, not per call (keyed by step id, or "")."""

@@ -6,7 +6,9 @@
    (`activities.plan_check`), and sends an invalid one back with the errors, at
    most `max_plan_repairs` times (then the step fails `PlanInvalid`).
 2. The plan goes on the step's record (`record.plan`); with `approve` the step
-   waits for `stepflow approve RUN STEP` as an approval step does.
+   waits for `stepflow approve RUN STEP` as an approval step does: it frees its
+   concurrency slot meanwhile, and the run may continue as new while it waits
+   (the next run picks the wait up, the plan on the record).
 3. The plan runs as a child pipeline run `<run id>/<step id>/plan` with the
    step's rendered `input` as `inputs.request`; the step's output is its outputs.
 
@@ -57,6 +59,10 @@ shows its result, the plan, as a table."""
 
 MODEL_CALL_SLACK = 1
 """Model calls a planner may make beyond one per answer it may give (a stray tool call)."""
+
+AWAY_WHILE_APPROVING_PATCH = "plan-approval-frees-its-slot"
+"""Runs whose plan waited for approval holding its slot (and keeping the run from continuing
+as new) replay as they ran."""
 
 
 def plan_guide(step: PlanStep) -> str:
@@ -157,8 +163,16 @@ class PlanRunner:
             # (a ValidationError or SpecError: the activity judged it with other code)
             raise StepFailure(ErrorType.PLAN_INVALID, f"the plan cannot run: {err}", 0) from None
         if step.approve:
-            # Waits as an approval step does: WAITING for approval, a durable timeout.
-            await HumanRunner().run(ctx, approval_of(step, key, spec), record, resume)
+            # Waits as an approval step does: WAITING for approval, a durable timeout. A person
+            # may take days: the slot serves other steps meanwhile, and the run may hand over.
+            away = workflow.patched(AWAY_WHILE_APPROVING_PATCH)
+            if away:
+                ctx.waits_for_person(step.id)
+            try:
+                await HumanRunner().run(ctx, approval_of(step, key, spec), record, resume)
+            finally:
+                if away:
+                    ctx.answered(step.id)
         await workflow.wait_condition(lambda: not ctx.state.paused)
         result = await run_child(
             ctx,
