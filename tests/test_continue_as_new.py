@@ -21,7 +21,6 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
-from stepflow.runtime.devserver import continue_as_new_early, start_ephemeral_environment
 from stepflow.workflows.control import PIPELINE_ATTRIBUTE, STATUS_ATTRIBUTE, RunStatus
 from stepflow.workflows.models import PipelineStatus, StepStatus
 from tests.support.control_tools import (
@@ -39,6 +38,7 @@ from tests.support.control_tools import (
 )
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, hang, text, tool_calls
+from tests.support.servers import suggesting_continue_as_new_at
 from tests.support.tools import journal_read
 
 SUGGEST_AT = 100
@@ -48,11 +48,8 @@ SUGGEST_AT = 100
 @pytest.fixture(scope="module")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """Overrides the session's server for this module: one that suggests continuing early."""
-    env = await start_ephemeral_environment(extra_flags=continue_as_new_early(SUGGEST_AT))
-    try:
+    async with suggesting_continue_as_new_at(SUGGEST_AT) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 async def run_chain(client: Client, workflow_id: str) -> list[str]:

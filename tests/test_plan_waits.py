@@ -16,13 +16,13 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
-from stepflow.runtime.devserver import continue_as_new_early, start_ephemeral_environment
 from stepflow.workflows.models import PipelineStatus, StepStatus
 from stepflow.workflows.scheduler import DagScheduler, Node
 from tests.support.control_tools import eventually, history, timers, wait_step
 from tests.support.helpers import pipeline, step
 from tests.support.model_server import ScriptedModelServer, json_answer
 from tests.support.plans import TOPIC, plan_step, planned, ran, recorded
+from tests.support.servers import suggesting_continue_as_new_at
 
 SUGGEST_AT = 100
 """History length at which this module's server suggests continuing as new (default: 4,096)."""
@@ -31,11 +31,8 @@ SUGGEST_AT = 100
 @pytest.fixture(scope="module")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """Overrides the session's server for this module: one that suggests continuing early."""
-    env = await start_ephemeral_environment(extra_flags=continue_as_new_early(SUGGEST_AT))
-    try:
+    async with suggesting_continue_as_new_at(SUGGEST_AT) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 def test_a_step_waiting_for_a_person_frees_its_slot_and_takes_it_back_when_answered() -> None:

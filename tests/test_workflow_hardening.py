@@ -18,13 +18,13 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from stepflow.client.api import StepflowClient
-from stepflow.runtime.devserver import continue_as_new_early, start_ephemeral_environment
 from stepflow.runtime.settings import Settings
 from stepflow.workflows.models import PipelineStatus, StepStatus
 from stepflow.workflows.pipeline import PIPELINE_WORKFLOW
 from tests.support.control_tools import Gate, eventually, gate_step, history, of_type, status
 from tests.support.helpers import agent, pipeline, step
 from tests.support.model_server import ScriptedModelServer, hang
+from tests.support.servers import suggesting_continue_as_new_at
 from tests.support.tools import journal_read
 
 SUGGEST_AT = 100
@@ -33,11 +33,9 @@ SUGGEST_AT = 100
 
 @pytest.fixture(scope="module")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_ephemeral_environment(extra_flags=continue_as_new_early(SUGGEST_AT))
-    try:
+    """Overrides the session's server for this module: one that suggests continuing early."""
+    async with suggesting_continue_as_new_at(SUGGEST_AT) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 async def test_a_state_that_no_longer_parses_waits_for_a_fixed_worker_instead_of_failing(
