@@ -34,7 +34,7 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from stepflow.client.loading import check_spec, load_spec_file, resolve_pipeline_files
+from stepflow.client.loading import check_spec, load_spec_file
 from stepflow.client.rerun import plan_rerun
 from stepflow.client.runs import (
     RunSummary,
@@ -46,6 +46,7 @@ from stepflow.client.runs import (
     stepflow_attributes,
     warn_unregistered,
 )
+from stepflow.client.sub_pipelines import resolve_pipeline_files
 from stepflow.client.timeline import (
     TimelineEvent,
     build_timeline,

@@ -4,9 +4,8 @@ Adds to `workflows.validation` what needs this process's tool registry:
 unknown tools and arguments that fail a tool's schema. Every problem comes
 back as a `SpecIssue` naming the step and the field.
 
-A `kind: pipeline` step may name another file (`pipeline: translate.yaml`);
-the client reads it here, relative to the file that names it, so the spec a
-run starts with holds every sub-pipeline inline: the workflow never reads files.
+The file's data becomes a spec in `client.spec_parsing`; the sub-pipeline files
+it names are read in `client.sub_pipelines`.
 """
 
 from __future__ import annotations
@@ -16,13 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from stepflow.activities.output_schema import OutputSchemaError, UnsafeSchema, resolve_output_schema
 from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.budget_checks import budget_issues
 from stepflow.client.model_checks import chain_issues, chain_model_warnings
-from stepflow.client.step_kinds import kind_message
+from stepflow.client.spec_parsing import (
+    issues_from_validation_error as issues_from_validation_error,
+)
+from stepflow.client.spec_parsing import parse_spec as parse_spec
+from stepflow.client.sub_pipelines import resolve_files_named_in
+from stepflow.client.sub_pipelines import resolve_pipeline_files as resolve_pipeline_files
 from stepflow.client.yaml_reader import YamlProblem, read_yaml_file
 from stepflow.runtime.mcp_config import servers_of, tool_server, unknown_server_hint
 from stepflow.runtime.settings import get_settings
@@ -54,68 +56,6 @@ from stepflow.workflows.validation import (
 )
 
 
-def issues_from_validation_error(err: ValidationError, raw: Any) -> list[SpecIssue]:
-    """pydantic's errors, located by step path (not list index) and dotted field.
-
-    A step inside a loop's body or an inline sub-pipeline is named by its path
-    (`revise.write`), as the other checks name it.
-    """
-    issues = []
-    for error in err.errors():
-        step, loc, raw_step = _locate(list(error["loc"]), raw)
-        if loc == ["pipeline", "str"] and isinstance(raw_step.get("pipeline"), dict):
-            continue  # `pipeline:` given inline: that it is no file name goes without saying
-        loc = [part for part in loc if part not in ("str", "PipelineSpec")]  # union members
-        message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (a typo?)"
-        message = kind_message(error, raw_step) or message
-        field = ".".join(str(part) for part in loc)
-        issues.append(SpecIssue(message, step, field or None))
-    return list(dict.fromkeys(issues))
-
-
-def _locate(loc: list[Any], raw: Any) -> tuple[str | None, list[Any], dict[str, Any]]:
-    """Where an error is: the path of its step (`revise.write`; `#3` for one without an
-    id), the rest of pydantic's location (the field), and the step as written."""
-    path: list[str] = []
-    node = raw
-    raw_step: Any = {}
-    while len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
-        index = loc[1]
-        raw_steps = node.get("steps") if isinstance(node, dict) else None
-        raw_step = (
-            raw_steps[index] if isinstance(raw_steps, list) and index < len(raw_steps) else {}
-        )
-        loc = loc[2:]
-        if not isinstance(raw_step, dict) or not isinstance(raw_step.get("id"), str):
-            path.append(f"#{index + 1}")
-            raw_step = {}
-            break
-        path.append(raw_step["id"])
-        # pydantic puts the discriminator's value into the path; a reader does not.
-        if loc and loc[0] == raw_step.get("kind"):
-            loc = loc[1:]
-        node = raw_step
-        if loc[:2] == ["pipeline", "PipelineSpec"] and loc[2:3] == ["steps"]:
-            node, loc = raw_step.get("pipeline"), loc[2:]  # a step of an inline sub-pipeline
-    return (".".join(path) if path else None), loc, raw_step
-
-
-def parse_spec(raw: Any) -> PipelineSpec:
-    """A `PipelineSpec` from parsed YAML/JSON data.
-
-    Raises:
-        SpecError: every schema problem, located by step and field.
-    """
-    if not isinstance(raw, dict):
-        raise SpecError([SpecIssue("a pipeline file must be a mapping with `name` and `steps`")])
-    try:
-        return PipelineSpec.model_validate(raw)
-    except ValidationError as err:
-        raise SpecError(issues_from_validation_error(err, raw)) from None
-
-
 def load_spec_file(path: str | Path) -> PipelineSpec:
     """Read and parse a YAML (or JSON) pipeline file, and the sub-pipeline files it names.
 
@@ -133,161 +73,7 @@ def load_spec_file(path: str | Path) -> PipelineSpec:
         raise SpecError([SpecIssue(f"cannot read {path}: {err.strerror}")]) from None
     except YamlProblem as err:
         raise SpecError([SpecIssue(f"{path} {err}")]) from None
-    spec = parse_spec(raw)
-    return _resolve_or_raise(spec, os.path.dirname(str(path)), [(_identity(str(path)), str(path))])
-
-
-def resolve_pipeline_files(spec: PipelineSpec, directory: str | Path = "") -> PipelineSpec:
-    """`spec` with every `pipeline: FILE` read (recursively) and put inline; `spec` is unchanged.
-
-    Args:
-        directory: What the paths are relative to; default: the current directory.
-
-    Raises:
-        SpecError: a file is missing or invalid, or files name each other in a cycle.
-    """
-    return _resolve_or_raise(spec, str(directory) if str(directory) != "." else "", [])
-
-
-MAX_INLINED_STEPS = 20_000
-"""Steps of a pipeline with every sub-pipeline file inlined. Files that name others several
-times multiply: ten levels of files naming the next twice are 1,024 copies of the last."""
-
-
-def _resolve_or_raise(
-    spec: PipelineSpec, directory: str, chain: list[tuple[Path, str]]
-) -> PipelineSpec:
-    resolved, issues = _SubPipelineFiles().spec(spec, directory, chain)
-    if issues:
-        raise SpecError(issues)
-    total = _inlined_steps(resolved.steps, {})
-    if total > MAX_INLINED_STEPS:
-        raise SpecError(
-            [
-                SpecIssue(
-                    f"with its sub-pipeline files inlined the pipeline has {total:,} steps, "
-                    f"over {MAX_INLINED_STEPS:,}: do files name the same file many times?"
-                )
-            ]
-        )
-    return resolved
-
-
-def _inlined_steps(steps: list[Step], seen: dict[int, int]) -> int:
-    """Steps once every sub-pipeline is inlined; each spec counted once (`seen`), however
-    often it is named, so this stays quick however many copies there are."""
-    total = 0
-    for step in steps:
-        total += 1
-        if isinstance(step, LoopStep):
-            total += _inlined_steps(step.steps, seen)
-        elif isinstance(step, PipelineStep):
-            child = step.pipeline
-            if isinstance(child, PipelineSpec):
-                if id(child) not in seen:
-                    seen[id(child)] = _inlined_steps(child.steps, seen)
-                total += seen[id(child)]
-            total += _inlined_steps(step.steps or [], seen)
-    return total
-
-
-def _identity(path: str) -> Path:
-    """What makes two names of a file the same file (for cycles)."""
-    try:
-        return Path(path).resolve()
-    except (OSError, RuntimeError):  # a symlink loop: not a file anyway
-        return Path(os.path.abspath(path))
-
-
-class _SubPipelineFiles:
-    """Reads the sub-pipeline files of one spec, each file once however often it is named."""
-
-    def __init__(self) -> None:
-        self.read: dict[Path, tuple[PipelineSpec | None, list[str]]] = {}
-
-    def spec(
-        self, spec: PipelineSpec, directory: str, chain: list[tuple[Path, str]], prefix: str = ""
-    ) -> tuple[PipelineSpec, list[SpecIssue]]:
-        steps, issues = self.steps(spec.steps, directory, chain, prefix)
-        return (spec if steps is None else spec.model_copy(update={"steps": steps})), issues
-
-    def steps(
-        self, steps: list[Step], directory: str, chain: list[tuple[Path, str]], prefix: str
-    ) -> tuple[list[Step] | None, list[SpecIssue]]:
-        """The steps with their files read (None: nothing to read), and what went wrong."""
-        issues: list[SpecIssue] = []
-        changed = False
-        result: list[Step] = []
-        for step in steps:
-            path = f"{prefix}{step.id}"
-            update: dict[str, Any] = {}
-            if isinstance(step, LoopStep):
-                body, found = self.steps(step.steps, directory, chain, f"{path}.")
-                issues.extend(found)
-                if body is not None:
-                    update["steps"] = body
-            elif isinstance(step, PipelineStep):
-                if isinstance(step.pipeline, str):
-                    child, messages = self.file(step.pipeline, directory, chain)
-                    issues.extend(SpecIssue(m, path, "pipeline") for m in messages)
-                    if child is not None:
-                        update["pipeline"] = child
-                elif isinstance(step.pipeline, PipelineSpec):
-                    child_spec, found = self.spec(step.pipeline, directory, chain, f"{path}.")
-                    issues.extend(found)
-                    if child_spec is not step.pipeline:
-                        update["pipeline"] = child_spec
-                if step.steps is not None:
-                    inner, found = self.steps(step.steps, directory, chain, f"{path}.")
-                    issues.extend(found)
-                    if inner is not None:
-                        update["steps"] = inner
-            if update:
-                changed = True
-                step = step.model_copy(update=update)
-            result.append(step)
-        return (result if changed else None), issues
-
-    def file(
-        self, name: str, directory: str, chain: list[tuple[Path, str]]
-    ) -> tuple[PipelineSpec | None, list[str]]:
-        """The spec in file `name` (relative to `directory`), its own files read; else why not.
-
-        The messages start with the file's path as this process would open it.
-        """
-        opened = os.path.join(directory, name)
-        shown = os.path.normpath(opened) if opened else name
-        identity = _identity(opened)
-        on_chain = [known for known, _ in chain]
-        if identity in on_chain:
-            names = [s for _, s in chain[on_chain.index(identity) :]]
-            cycle = " -> ".join([*names, shown])
-            return None, [f"a cycle of pipeline files: {cycle}"]
-        if identity in self.read:
-            return self.read[identity]
-        found = self._read(opened, shown, [*chain, (identity, shown)])
-        self.read[identity] = found
-        return found
-
-    def _read(
-        self, opened: str, shown: str, chain: list[tuple[Path, str]]
-    ) -> tuple[PipelineSpec | None, list[str]]:
-        try:
-            raw = read_yaml_file(Path(opened))
-        except FileNotFoundError:
-            return None, [f"{shown}: no such file"]
-        except OSError as err:
-            return None, [f"{shown}: cannot read: {err.strerror or err}"]
-        except YamlProblem as err:
-            return None, [f"{shown} {err}"]
-        try:
-            spec = parse_spec(raw)
-        except SpecError as err:
-            return None, [f"{shown}: {issue}" for issue in err.issues]
-        resolved, issues = self.spec(spec, os.path.dirname(opened), chain)
-        if issues:
-            return None, [f"{shown}: {issue}" for issue in issues]
-        return resolved, []
+    return resolve_files_named_in(parse_spec(raw), str(path))
 
 
 def tool_issues(spec: PipelineSpec) -> list[SpecIssue]:

@@ -26,10 +26,10 @@ from stepflow.activities.registry import all_tools, get_tool, load_tool_modules
 from stepflow.client.loading import (
     MAX_WORKFLOW_ID_BYTES,
     NESTING_ID_BYTES,
-    issues_from_validation_error,
     limit_issues,
     template_issues,
 )
+from stepflow.client.spec_parsing import issues_from_validation_error
 from stepflow.runtime.mcp_config import servers_of, tool_server, unknown_server_hint
 from stepflow.runtime.settings import get_settings
 from stepflow.workflows.durations import format_duration
