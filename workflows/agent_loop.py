@@ -27,9 +27,11 @@ import asyncio
 from typing import Any, NoReturn, Protocol
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.exceptions import ActivityError, CancelledError, RetryState
 
-from stepflow.workflows.activity_options import activity_options, local_activity_options
+from stepflow.workflows.activity_options import activity_options
+from stepflow.workflows.agent_tools import MAX_PARALLEL_TOOL_CALLS as MAX_PARALLEL_TOOL_CALLS
+from stepflow.workflows.agent_tools import ToolCalls
 from stepflow.workflows.control import StepProgress
 from stepflow.workflows.conversation import (
     MAX_CONVERSATION_BYTES,
@@ -37,8 +39,6 @@ from stepflow.workflows.conversation import (
     first_user_message,
     plan_repair_request,
     repair_request,
-    tool_error,
-    tool_result,
 )
 from stepflow.workflows.errors import ErrorType, StepFailure, activity_failure
 from stepflow.workflows.model_chain import (
@@ -56,19 +56,11 @@ from stepflow.workflows.models import (
     ModelCallInput,
     ModelCallOutput,
     PassedOver,
-    PlannedToolCall,
     RetrySpec,
-    ToolCallInput,
-    ToolCallOutput,
     add_by_model,
     model_call_queue,
-    tool_activity_name,
-    tool_call_queue,
 )
 from stepflow.workflows.step_settings import chain_retry, fallback_attempts, model_chain
-
-MAX_PARALLEL_TOOL_CALLS = 500
-"""Tool calls of one reply running at once: Temporal allows 2,000 pending activities a workflow."""
 
 
 class AgentHost(Protocol):
@@ -150,7 +142,8 @@ class AgentLoop:
             loop.messages.append(reply.message)
             if reply.tool_calls:
                 if number < step.max_model_calls:
-                    loop.messages.extend(await self._run_tools(number, reply.tool_calls))
+                    calls = ToolCalls(input, loop, self.host)
+                    loop.messages.extend(await calls.run(number, reply.tool_calls))
                 continue
             if reply.output_error is None:
                 return AgentStepResult(
@@ -377,74 +370,6 @@ class AgentLoop:
             chain_failure_message(number, model, failure, passed, list(out.values())),
             failure.error_type,
         )
-
-    async def _run_tools(self, number: int, calls: list[PlannedToolCall]) -> list[ChatMessage]:
-        """Run the valid calls; every call, run or not, gets a result message, in order."""
-        numbered = list(enumerate(calls, start=1))
-        if self.input.step.tool_calls == "parallel":
-            room = None
-            # Past the bound the calls take turns; replies within it schedule as they always did.
-            if len(calls) > MAX_PARALLEL_TOOL_CALLS and self.host.bounded_tool_calls():
-                room = asyncio.Semaphore(MAX_PARALLEL_TOOL_CALLS)
-            return list(
-                await asyncio.gather(*(self._run_tool(number, i, c, room) for i, c in numbered))
-            )
-        return [await self._run_tool(number, i, call) for i, call in numbered]
-
-    async def _run_tool(
-        self,
-        number: int,
-        index: int,
-        call: PlannedToolCall,
-        room: asyncio.Semaphore | None = None,
-    ) -> ChatMessage:
-        if call.error is not None or call.arguments is None:
-            return tool_error(call.id, call.error or "the call was not understood")
-        self.state.tool_calls += 1
-        if room is not None:
-            async with room:  # takes no turn while there is room: what runs is as it was
-                return await self._call_tool(number, index, call)
-        return await self._call_tool(number, index, call)
-
-    async def _call_tool(self, number: int, index: int, call: PlannedToolCall) -> ChatMessage:
-        input = self.input
-        step = input.step
-        request = ToolCallInput(
-            step_id=step.id,
-            tool=call.name,
-            args=call.arguments,
-            # By position, not the model's call id: models repeat ids, keys must not.
-            idempotency_key=f"{input.idempotency_prefix}/call-{number}.{index}",
-            report_to=self.host.report_to(),
-        )
-        routed = tool_call_queue(input.routing, call.name)
-        try:
-            if call.name in step.local_tools and not routed:
-                # Run by this worker inside the workflow task: no activity task round trip.
-                result: ToolCallOutput = await workflow.execute_local_activity(
-                    tool_activity_name(call.name),
-                    request,
-                    result_type=ToolCallOutput,
-                    summary=f"{step.id} · tool {call.name} (local)",
-                    **local_activity_options(input.tool_retry, input.tool_timeout),
-                )
-            else:
-                result = await workflow.execute_activity(
-                    tool_activity_name(call.name),
-                    request,
-                    result_type=ToolCallOutput,
-                    summary=f"{step.id} · tool {call.name}",
-                    **activity_options(input.tool_retry, input.tool_timeout),
-                    **routed,
-                )
-        except ActivityError as err:
-            cause: Any = err.cause
-            if isinstance(cause, CancelledError):
-                raise asyncio.CancelledError(str(cause)) from None
-            if isinstance(cause, ApplicationError):
-                return tool_error(call.id, f"{cause.type}: {cause.message}")
-            return tool_error(call.id, f"{type(cause).__name__}: {cause}")
-        return tool_result(call.id, result.output)
 
 
 def dollars(amount: float) -> str:
